@@ -1,0 +1,99 @@
+"""On-disk cache of converted models under ``$JAXCLOAK_HOME`` (default: the user cache dir).
+
+A cache entry is the folded ONNX graph (dequantised float32 weights, no constant subgraphs)
+named by the model, the SHA-256 of the source file and the converter version, plus a JSON
+sidecar. Loading recomputes the source hash, so an edited or replaced model file never
+reuses stale params. Entries are written atomically; a corrupt entry is reconverted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from .. import __version__
+from .onnx import OnnxFunction, convert
+
+# Bump when conversion output changes, so old cache entries are ignored.
+CONVERTER_VERSION = 1
+
+
+def home() -> Path:
+    """The jaxcloak data directory: ``$JAXCLOAK_HOME`` or the platform's user cache dir."""
+    env = os.environ.get("JAXCLOAK_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("jaxcloak"))
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; cache entries are not secret
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def entry_path(name: str, sha: str) -> Path:
+    return home() / "models" / f"{name}-{sha[:16]}-c{CONVERTER_VERSION}.onnx"
+
+
+def load_onnx_cached(
+    src: str | os.PathLike, *, name: str, use_cache: bool = True
+) -> tuple[OnnxFunction, dict, str, bool]:
+    """Convert ``src`` (or reuse its cache entry).
+
+    Returns:
+      ``(apply_fn, params, sha256 of src, whether the cache was used)``.
+    """
+    src = Path(src)
+    if not src.is_file():
+        raise FileNotFoundError(f"model file not found: {src}")
+    sha = sha256_file(src)
+    entry = entry_path(name, sha)
+    meta_path = entry.with_suffix(".json")
+    if use_cache and entry.is_file() and meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("source_sha256") == sha and meta.get("entry_sha256") == sha256_file(entry):
+                fn, params = convert(entry)
+                return fn, params, sha, True
+        except Exception:
+            pass  # unreadable or stale entry: fall through and rebuild it
+    fn, params = convert(src)
+    if use_cache:
+        blob = fn.to_model(params).SerializeToString()
+        _atomic_write(entry, blob)
+        meta = {
+            "name": name,
+            "source": str(src),
+            "source_sha256": sha,
+            "entry_sha256": hashlib.sha256(blob).hexdigest(),
+            "converter_version": CONVERTER_VERSION,
+            "jaxcloak_version": __version__,
+            "onnx_version": onnx.__version__,
+        }
+        _atomic_write(meta_path, json.dumps(meta, indent=2).encode())
+    return fn, params, sha, False

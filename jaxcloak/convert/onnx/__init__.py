@@ -1,0 +1,16 @@
+"""ONNX -> JAX conversion: ``apply_fn, params = convert("model.onnx")``."""
+
+from .errors import ConversionError, UnsupportedOpError
+from .graph import OnnxFunction, convert
+from .ops import MAX_OP_VERSION, OPS
+
+SUPPORTED_OPS = tuple(sorted(OPS))
+
+__all__ = [
+    "MAX_OP_VERSION",
+    "SUPPORTED_OPS",
+    "ConversionError",
+    "OnnxFunction",
+    "UnsupportedOpError",
+    "convert",
+]

@@ -1,0 +1,17 @@
+"""Test-wide settings: offline hubs, a private model cache, CPU only."""
+
+from __future__ import annotations
+
+import os
+
+# Before any test imports jax or a hub client.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_model_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep converted models out of the user's cache; shared by the whole session."""
+    os.environ["JAXCLOAK_HOME"] = str(tmp_path_factory.mktemp("jaxcloak_home"))
