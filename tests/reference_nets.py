@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -154,29 +155,6 @@ class Flatten(nn.Module):
         return x.view(x.size(0), -1)
 
 
-class Conv_block(nn.Module):  # original (non-PEP 8) class name
-    """Conv-BN-PReLU."""
-
-    def __init__(
-        self,
-        in_c: int,
-        out_c: int,
-        kernel: tuple[int, int] = (1, 1),
-        stride: tuple[int, int] = (1, 1),
-        padding: tuple[int, int] = (0, 0),
-        groups: int = 1,
-    ) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(
-            in_c, out_c, kernel, groups=groups, stride=stride, padding=padding, bias=False
-        )
-        self.bn = nn.BatchNorm2d(out_c)
-        self.prelu = nn.PReLU(out_c)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.prelu(self.bn(self.conv(x)))
-
-
 class Linear_block(nn.Module):  # original (non-PEP 8) class name
     """Conv-BN without activation."""
 
@@ -197,6 +175,17 @@ class Linear_block(nn.Module):  # original (non-PEP 8) class name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv(x))
+
+
+class Conv_block(Linear_block):  # original (non-PEP 8) class name
+    """Conv-BN-PReLU: a Linear_block plus PReLU (same key names: conv, bn, prelu)."""
+
+    def __init__(self, in_c: int, out_c: int, **kwargs: Any) -> None:
+        super().__init__(in_c, out_c, **kwargs)
+        self.prelu = nn.PReLU(out_c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.prelu(super().forward(x))
 
 
 class Depth_Wise(nn.Module):  # original (non-PEP 8) class name

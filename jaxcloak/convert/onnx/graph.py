@@ -15,6 +15,7 @@ Any op, op version or attribute we cannot run faithfully raises: never a silent 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -86,20 +87,20 @@ class _Step:
     def run(self, env: Mapping[str, Any]) -> tuple:
         args = [env[i] if i else None for i in self.inputs]
         all_static = all(a is None or is_static(a) for a in args)
-        self.node.xp = np if all_static else jnp
+        node = dataclasses.replace(self.node, xp=np if all_static else jnp)
         try:
             if all_static:
                 # Constant inputs: compute now, even under jit, and keep the result NumPy.
                 with jax.ensure_compile_time_eval():
-                    out = self.spec.fn(self.node, *args)
+                    out = self.spec.fn(node, *args)
                     out = tuple(np.asarray(o) for o in (out if isinstance(out, tuple) else (out,)))
             else:
-                out = self.spec.fn(self.node, *args)
+                out = self.spec.fn(node, *args)
                 out = out if isinstance(out, tuple) else (out,)
         except ConversionError:
             raise
         except Exception as e:
-            n = self.node
+            n = node
             raise ConversionError(
                 f"{n.op_type} node {n.name!r} (opset {n.opset}) failed: {type(e).__name__}: {e}"
             ) from e
@@ -136,7 +137,8 @@ class OnnxFunction:
             )
         env: dict[str, Any] = dict(self._constants)
         env.update(params)
-        env.update(zip(self.input_names, inputs, strict=True))
+        # Inputs are runtime values even when given as NumPy: only constants are folded.
+        env.update(zip(self.input_names, map(jnp.asarray, inputs), strict=True))
         for step in self._steps:
             env.update(zip(step.outputs, step.run(env), strict=False))
         return tuple(jnp.asarray(env[name]) for name in self.output_names)
