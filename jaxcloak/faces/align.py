@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..samples import _quiet_cv2
+from ._cv2 import quiet_cv2 as _quiet_cv2
 
 # insightface's ``arcface_dst``: right eye, left eye, nose tip, right and left mouth corners,
 # in the same order YuNet reports its landmarks.

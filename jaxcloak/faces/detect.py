@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..samples import _YUNET, _quiet_cv2
+from ._cv2 import YUNET as _YUNET
+from ._cv2 import quiet_cv2 as _quiet_cv2
 
 
 @dataclass(frozen=True, eq=False)

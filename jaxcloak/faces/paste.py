@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..samples import _quiet_cv2
+from ._cv2 import quiet_cv2 as _quiet_cv2
 
 
 def crop_mask(size: int, feather: float = 2.0, erode: int = 2) -> np.ndarray:

