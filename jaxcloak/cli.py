@@ -1,6 +1,10 @@
 """The ``jaxcloak`` command line. The only module that reads flags and configs.
 
 Examples:
+  jaxcloak protect --demo -o jaxcloak-report     # protect the bundled astronaut, write a report
+  jaxcloak protect me.jpg holiday/ -o out/       # learn from me.jpg, protect every photo
+  jaxcloak mask fit me.jpg -o me.mask            # a personal mask, reusable in milliseconds
+  jaxcloak mask apply me.mask new.jpg -o out/
   jaxcloak models list              # registered face models and where their files are
   jaxcloak models check             # convert each, compare with ONNX Runtime on real faces
   jaxcloak models check --json out/models.json
@@ -137,6 +141,291 @@ def _cmd_models_check(args: argparse.Namespace) -> int:
     return 0 if all(r.get("status") == "ok" for r in rows) else 1
 
 
+# --------------------------------------------------------------------------------------------
+# protect / mask
+# --------------------------------------------------------------------------------------------
+
+
+def _faces_policy(value: str):
+    if value in ("all", "largest"):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected all, largest or an index, got {value!r}"
+        ) from None
+
+
+def _no_face_policy(value: str):
+    if value in ("skip", "whole-image"):
+        return value
+    parts = value.split(",")
+    try:
+        box = tuple(float(v) for v in parts)
+    except ValueError:
+        box = ()
+    if len(box) != 4:
+        raise argparse.ArgumentTypeError(f"expected skip, whole-image or X,Y,W,H, got {value!r}")
+    return box
+
+
+def _add_cloak_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("protection settings")
+    g.add_argument(
+        "--mode",
+        choices=["fixed", "faithful"],
+        default="fixed",
+        help="fixed (default): jaxcloak's corrected FaceCloak; faithful: the "
+        "reference code's update as shipped (needs --far-anchor)",
+    )
+    g.add_argument(
+        "--strength",
+        choices=["low", "mid", "high"],
+        default="mid",
+        help="fixed-mode preset: budget 4/8/12 grey levels, 15/20/40 steps "
+        "(high also spends up to 24 levels in the eye, nose and mouth boxes)",
+    )
+    g.add_argument(
+        "--eps",
+        type=float,
+        metavar="LEVELS",
+        help="override the L-inf budget, in grey levels (0..255)",
+    )
+    g.add_argument("--steps", type=int, help="override the number of optimisation steps")
+    g.add_argument("--views", type=int, default=8, help="varied views per person (default 8)")
+    g.add_argument(
+        "--eot",
+        default="",
+        metavar="KINDS",
+        help="robustness: comma list of resize,blur,jpeg applied while optimising",
+    )
+    g.add_argument("--seed", type=int, default=0, help="PRNG seed (recorded in the manifest)")
+    g.add_argument("--model", default="sface", help="surrogate face model (default sface)")
+    g.add_argument(
+        "--pool",
+        metavar="DIR",
+        help="anchor pool folder (subfolder or filename prefix = identity); "
+        "default: the built-in pool from installed packages",
+    )
+    g.add_argument(
+        "--far-anchor",
+        metavar="IMAGE",
+        help="faithful mode: the fixed far-anchor photo the reference hard-codes",
+    )
+    g.add_argument(
+        "--batch",
+        type=int,
+        default=8,
+        help="people optimised together in one compiled call (default 8)",
+    )
+    f = p.add_argument_group("faces")
+    f.add_argument(
+        "--faces",
+        type=_faces_policy,
+        default="all",
+        help="all (default), largest, or an index (0 = largest)",
+    )
+    f.add_argument(
+        "--no-face",
+        type=_no_face_policy,
+        default="skip",
+        metavar="POLICY",
+        help="skip (default, reported), whole-image, or a box X,Y,W,H",
+    )
+    f.add_argument(
+        "--min-face",
+        type=float,
+        default=20,
+        help="smaller faces are reported, not protected (pixels, default 20)",
+    )
+
+
+def _make_cloaker(args: argparse.Namespace):
+    import dataclasses
+
+    from .anchors import builtin_pool, user_pool
+    from .attacks.views import make_view_generator
+    from .configs.facecloak import get_config
+    from .nets.registry import load
+    from .protect import Cloaker
+
+    overrides = {}
+    if args.eps is not None:
+        overrides["eps"] = args.eps / 255
+    if args.steps is not None:
+        overrides["steps" if args.mode == "fixed" else "passes"] = args.steps
+    if args.eot:
+        overrides["eot"] = tuple(k.strip() for k in args.eot.split(",") if k.strip())
+    config = get_config(args.mode, args.strength if args.mode == "fixed" else "mid")
+    config = dataclasses.replace(config, **overrides)
+    far = None
+    if args.mode == "faithful":
+        if not args.far_anchor:
+            raise SystemExit(
+                "error: --mode faithful needs --far-anchor IMAGE: the reference hard-codes one "
+                "CelebA photo as every user's far anchor (defect D1); pass the photo to use"
+            )
+        far = _largest_face(Path(args.far_anchor), args.min_face)
+    pool = user_pool(args.pool) if args.pool else builtin_pool()
+    return Cloaker(
+        load(args.model),
+        config,
+        make_view_generator("augment", n_views=args.views),
+        pool,
+        anchor_rule="faithful" if args.mode == "faithful" else "gallery_filtered",
+        far_anchor_face=far,
+        max_batch=args.batch,
+        seed=args.seed,
+    )
+
+
+def _largest_face(path: Path, min_face: float):
+    from .faces import prepare_photo
+    from .io import read_image
+
+    return prepare_photo(read_image(path), faces="largest", min_face=min_face).faces[0].crop
+
+
+def _progress(it, desc: str, total: int):
+    from tqdm import tqdm
+
+    return tqdm(it, desc=desc, total=total, unit="it", disable=None, leave=False)
+
+
+def _print_summary(summary, outdir: Path) -> int:
+    done = [r for r in summary.records if r.status == "protected"]
+    fresh = [r for r in summary.records if r.status == "up-to-date"]
+    print(
+        f"protected {len(done)} photo(s), {len(fresh)} already up to date, "
+        f"{len(summary.failed)} failed; {len(summary.masks)} mask(s) fitted"
+    )
+    for r in done:
+        for face in r.faces:
+            flag = "still matches!" if face["same_person_after"] else "no match"
+            print(
+                f"  {r.output}: face {face['index']} ({face['identity']}): surrogate cosine "
+                f"{face['cos_after']:.3f} ({flag})"
+            )
+    for path, msg in summary.failed:
+        print(f"  FAILED {path}: {msg}", file=sys.stderr)
+    s = summary.seconds
+    print(
+        f"time: fit {s['fit']:.1f} s (of which compile {s['compile']:.1f} s), "
+        f"apply {s['apply']:.1f} s, total {s['total']:.1f} s; manifest {outdir / 'manifest.json'}"
+    )
+    return 1 if summary.failed else 0
+
+
+def _cmd_protect(args: argparse.Namespace) -> int:
+    from .batch import collect_inputs, protect_files
+
+    if args.demo:
+        from .demo import run_demo
+
+        return run_demo(Path(args.output or "jaxcloak-report"), _make_cloaker(args))
+    if not args.photos:
+        raise SystemExit("error: give photos or folders to protect (or --demo)")
+    if not args.output:
+        raise SystemExit("error: -o/--output OUTDIR is required")
+    files, errors = collect_inputs(args.photos)
+    for _, msg in errors:
+        print(f"error: {msg}", file=sys.stderr)
+    if not files:
+        return 1
+    outdir = Path(args.output)
+    summary = protect_files(
+        files,
+        outdir,
+        _make_cloaker(args),
+        identity=args.identity,
+        reference=Path(args.reference) if args.reference else None,
+        faces=args.faces,
+        no_face=args.no_face,
+        min_face=args.min_face,
+        fmt=args.format,
+        quality=args.quality,
+        resume=not args.no_resume,
+        progress=_progress,
+    )
+    return max(_print_summary(summary, outdir), 1 if errors else 0)
+
+
+def _cmd_mask_fit(args: argparse.Namespace) -> int:
+    from .masks import save_mask
+
+    face = _largest_face(Path(args.photo), args.min_face) if args.faces == "largest" else None
+    if face is None:
+        from .faces import prepare_photo
+        from .io import read_image
+
+        face = prepare_photo(read_image(args.photo), faces=args.faces).faces[0].crop
+    cloaker = _make_cloaker(args)
+    import hashlib
+
+    ref_id = hashlib.sha256(Path(args.photo).read_bytes()).hexdigest() + "#0"
+    (res,) = cloaker.fit(face[None], [ref_id])
+    meta = {k: v for k, v in res.meta.items() if not k.startswith("_")}
+    out = save_mask(args.output, res.delta, meta, overwrite=args.overwrite)
+    print(
+        f"wrote {out}: surrogate cosine clean vs masked reference face {res.cos_after:.3f} "
+        f"(threshold {cloaker.recognizer.spec.threshold})"
+    )
+    return 0
+
+
+def _cmd_mask_apply(args: argparse.Namespace) -> int:
+    from .batch import collect_inputs
+    from .faces import NoFaceError, prepare_photo
+    from .io import ImageReadError, read_image, write_image
+    from .masks import MaskFileError, load_mask
+    from .protect import apply_mask
+
+    try:
+        mask = load_mask(args.mask)
+    except MaskFileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    files, errors = collect_inputs(args.photos)
+    outdir = Path(args.output)
+    outdir.mkdir(parents=True, exist_ok=True)
+    failed = [msg for _, msg in errors]
+    n = 0
+    for f in _progress(files, "applying", len(files)):
+        try:
+            photo = prepare_photo(
+                read_image(f),
+                faces=args.faces,
+                no_face=args.no_face,
+                min_face=args.min_face,
+                size=mask.size,
+            )
+            rgb = apply_mask(photo, [mask.delta] * len(photo.faces))
+            out = outdir / f.name
+            if args.format:
+                out = out.with_suffix("." + args.format.lower().replace("jpeg", "jpg"))
+            write_image(
+                out, rgb, like=photo.image, format=args.format, quality=args.quality, overwrite=True
+            )
+            n += 1
+        except (ImageReadError, NoFaceError, ValueError, OSError) as e:
+            failed.append(str(e))
+    print(f"applied {Path(args.mask).name} to {n} photo(s) in {outdir}; {len(failed)} failed")
+    for msg in failed:
+        print(f"  FAILED {msg}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--format",
+        choices=["JPEG", "PNG", "WEBP", "TIFF"],
+        type=str.upper,
+        help="output format (default: same as each input)",
+    )
+    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxcloak",
@@ -161,6 +450,73 @@ def build_parser() -> argparse.ArgumentParser:
     p_check.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p_check.set_defaults(func=_cmd_models_check)
     models.set_defaults(func=lambda a: (models.print_help(), 2)[1])
+
+    p_prot = sub.add_parser(
+        "protect",
+        help="protect photos: learn a personal mask per person and apply it to every face",
+        description="Detect and align every face, learn one FaceCloak mask per person from a "
+        "reference photo (stages 1-2 as one compiled JAX program, many people at once), paste it "
+        "back at full resolution, and write the photos, the masks and manifest.json to OUTDIR. "
+        "Inputs are never modified; a rerun skips photos already done. Exit status 1 if any "
+        "photo failed.",
+        epilog="--demo protects scikit-image's public-domain astronaut photo and writes a "
+        "report (report.md, comparison.png) to -o (default jaxcloak-report).",
+    )
+    p_prot.add_argument("photos", nargs="*", help="photos and/or folders (searched recursively)")
+    p_prot.add_argument("-o", "--output", metavar="OUTDIR", help="output folder")
+    p_prot.add_argument("--demo", action="store_true", help="protect the bundled demo photo")
+    p_prot.add_argument(
+        "--reference",
+        metavar="PHOTO",
+        help="learn from this photo instead of each group's first photo",
+    )
+    p_prot.add_argument(
+        "--identity",
+        default="single",
+        metavar="RULE",
+        help="which photos show the same person: single (default: one person, "
+        "plus anyone else found), per-file, per-folder, or a CSV of path,identity",
+    )
+    p_prot.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="redo photos even if the manifest says they are done",
+    )
+    _add_output_args(p_prot)
+    _add_cloak_args(p_prot)
+    p_prot.set_defaults(func=_cmd_protect)
+
+    p_mask = sub.add_parser("mask", help="fit a reusable personal mask, or apply one")
+    ksub = p_mask.add_subparsers(dest="mask_command", metavar="ACTION")
+    p_fit = ksub.add_parser(
+        "fit",
+        help="learn a personal mask from one photo",
+        description="Learn a personal mask from the largest face in PHOTO "
+        "(or --faces N) and save it as a versioned .mask file.",
+    )
+    p_fit.add_argument("photo")
+    p_fit.add_argument("-o", "--output", required=True, metavar="MASK", help="mask file to write")
+    p_fit.add_argument("--overwrite", action="store_true", help="replace an existing mask file")
+    _add_cloak_args(p_fit)
+    p_fit.set_defaults(func=_cmd_mask_fit, faces="largest")
+    p_apply = ksub.add_parser(
+        "apply",
+        help="apply a personal mask to photos",
+        description="Align each face, warp the mask onto it and paste it "
+        "back at full resolution. By default only the largest face of each "
+        "photo gets the mask (it is one person's mask).",
+    )
+    p_apply.add_argument("mask")
+    p_apply.add_argument("photos", nargs="+")
+    p_apply.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    p_apply.add_argument(
+        "--faces", type=_faces_policy, default="largest", help="largest (default), all, or an index"
+    )
+    p_apply.add_argument("--no-face", type=_no_face_policy, default="skip", metavar="POLICY")
+    p_apply.add_argument("--min-face", type=float, default=20)
+    _add_output_args(p_apply)
+    p_apply.set_defaults(func=_cmd_mask_apply)
+    p_mask.set_defaults(func=lambda a: (p_mask.print_help(), 2)[1])
     return parser
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import onnx
 
 from .. import __version__
+from ..io.atomic import atomic_write, atomic_write_json
 from .onnx import OnnxFunction, convert
 
 # Bump when conversion output changes, so old cache entries are ignored.
@@ -39,21 +39,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; cache entries are not secret
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def entry_path(name: str, sha: str) -> Path:
@@ -85,7 +70,8 @@ def load_onnx_cached(
     fn, params = convert(src)
     if use_cache:
         blob = fn.to_model(params).SerializeToString()
-        _atomic_write(entry, blob)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(entry, blob)
         meta = {
             "name": name,
             "source": str(src),
@@ -95,5 +81,5 @@ def load_onnx_cached(
             "jaxcloak_version": __version__,
             "onnx_version": onnx.__version__,
         }
-        _atomic_write(meta_path, json.dumps(meta, indent=2).encode())
+        atomic_write_json(meta_path, meta)
     return fn, params, sha, False

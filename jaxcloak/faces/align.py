@@ -77,14 +77,18 @@ def align_face(
     landmarks = np.asarray(landmarks, np.float64)
     if landmarks.shape != (5, 2):
         raise ValueError(f"expected (5, 2) landmarks, got {landmarks.shape}")
-    cv2 = _quiet_cv2()
     m = estimate_similarity(landmarks, ARCFACE_TEMPLATE * (size / 112.0))
-    crop = cv2.warpAffine(
+    return warp_crop(rgb, m, size), m
+
+
+def warp_crop(rgb: np.ndarray, m: np.ndarray, size: int = 112) -> np.ndarray:
+    """The (size, size) crop a photo -> crop matrix selects: bilinear, zeros outside the photo."""
+    cv2 = _quiet_cv2()
+    return cv2.warpAffine(
         rgb,
-        m,
+        np.asarray(m, np.float64),
         (size, size),
         flags=cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=0.0,
     )
-    return crop, m

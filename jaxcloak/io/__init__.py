@@ -1,5 +1,6 @@
-"""Image input/output: safe reading and atomic, metadata-preserving writing."""
+"""File input/output: safe image reading, atomic metadata-preserving writing, atomic files."""
 
+from .atomic import atomic_write, atomic_write_json, atomic_write_text
 from .images import (
     DEFAULT_MAX_PIXELS,
     ImageReadError,
@@ -15,6 +16,9 @@ __all__ = [
     "ImageReadError",
     "ImageWriteError",
     "LoadedImage",
+    "atomic_write",
+    "atomic_write_json",
+    "atomic_write_text",
     "read_image",
     "read_images",
     "write_image",

@@ -610,15 +610,31 @@ def conv(node: Node, x: Value, w: Value, b: Value = None) -> Value:
     ):
         y = _depthwise_conv2d(x, w, kernel, strides, dil, pads)
         return y if b is None else y + _bcast_channel(b, y.ndim)
-    y = lax.conv_general_dilated(
-        x,
-        w,
-        window_strides=strides,
-        padding=pads,
-        rhs_dilation=dil,
-        dimension_numbers=_conv_dims(n),
-        feature_group_count=node.attr("group", 1),
-    )
+    if n == 2 and jax.default_backend() == "cpu":
+        # XLA:CPU runs channel-first convolutions inside while loops (every lax.scan attack)
+        # through a slow path, ~10x slower than the same loop unrolled (jax-ml/jax#12868);
+        # channel-last convolutions do not suffer, and the transposes between consecutive
+        # layers largely cancel.
+        y = lax.conv_general_dilated(
+            jnp.transpose(x, (0, 2, 3, 1)),
+            jnp.transpose(w, (2, 3, 1, 0)),
+            window_strides=strides,
+            padding=pads,
+            rhs_dilation=dil,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=g,
+        )
+        y = jnp.transpose(y, (0, 3, 1, 2))
+    else:
+        y = lax.conv_general_dilated(
+            x,
+            w,
+            window_strides=strides,
+            padding=pads,
+            rhs_dilation=dil,
+            dimension_numbers=_conv_dims(n),
+            feature_group_count=g,
+        )
     return y if b is None else y + _bcast_channel(b, y.ndim)
 
 

@@ -1,0 +1,374 @@
+"""FaceCloak stage 2: learn one identity's universal mask as a single ``lax.scan``.
+
+Two modes (spec facecloak.md sections 5 and 12):
+
+- ``faithful``: ``afog_cloak_multi`` as shipped: T passes over the V views in list order, one
+  batch-1 step per view, attention step with the 0.01 std guard, sign step on rho, no
+  projection inside the loop, final ``clip(alpha * rho, +-eps)``, mask scaled by 255, stickers
+  and high-pass added after the loop.
+- ``fixed``: the loss averaged over all views per step (one batched forward), rho and the
+  perturbation projected to the per-pixel budget and the input to the valid range every step,
+  alpha bounded, true standardisation, key regions inside the loss, optional expectation over
+  transformations, mask scale 127.5 so the budget means the same while optimising and applying.
+
+Everything runs in the reference's [-1, 1] units (x_ref = 2 x - 1) so the faithful constants
+keep their meaning; the surrogate sees ``(x_ref + 1) / 2``. Budgets in :class:`CloakConfig`
+are in *applied* pixel units ([0, 1] scale) and are converted with the mask scale.
+
+Write-for-one-identity: :func:`make_cloak` returns a pure function for one identity;
+:func:`make_batched_cloak` vmaps it over identities and jits it once per (batch, config).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ..faces.chain import apply_taps, feather_mask
+from ..objectives import facecloak as obj
+from ..optim.attack import afog_attention, project_linf, sign_step
+from ..typing import EmbedFn, Params, PRNGKey
+
+Mode = Literal["faithful", "fixed"]
+
+
+@dataclass(frozen=True)
+class CloakConfig:
+    """Stage-2 settings; hashable so a config is a static argument of the compiled program.
+
+    Attributes:
+      mode: "faithful" (the reference as coded) or "fixed" (defects corrected).
+      eps: L-inf budget of the applied mask outside the key regions, [0, 1] pixel units.
+      step: sign-step size eta, in the same applied units as ``eps``.
+      passes: faithful only: T passes over the views (T * V sequential steps).
+      steps: fixed only: number of steps, each over all views at once.
+      lambda_alpha: attention learning rate (10 in the reference).
+      std_guard: added to the gradient std in the attention step (0.01 in the reference, D5).
+      alpha_max: upper bound of the attention map (None: unbounded, as the reference).
+      mask_scale: grey levels per reference unit of the stored mask: 255 (reference, D6: the
+        applied mask is twice the optimised one) or 127.5 (consistent).
+      project_in_loop: clip rho to the budget and the input to [-1, 1] every step (D4).
+      stickers, highpass: use the reference's key regions (eye/nose/mouth boxes; high-pass
+        mask of the real face). Faithful: added after the loop as the reference does;
+        fixed: inside the loss as larger per-pixel budgets (D3).
+      region_eps: budget inside the key regions, applied pixel units (32/255 in the reference).
+      eot: expectation over transformations applied to the views in every fixed step, from
+        ``("resize", "blur", "jpeg")``.
+      dodge_weight: weight of ``cos(phi(x), phi(view))``, pushing each view away from its own
+        clean embedding (the dodging loss D24 asks for; 0 in the faithful mode). The triplet
+        loss alone moves the face toward the distant anchor but can leave it close to itself.
+      real_weight: fixed mode: share of the loss on the real face (the views split the rest);
+        None weighs all views equally (the paper's mean over n).
+      resample_jitter: fixed mode: in every step each view sees the perturbation resampled
+        twice by random near-identity similarity warps (bilinear), as pasting it into a photo
+        and aligning the face again does. Without it the sign-like perturbation is tuned to
+        the crop's pixel grid and loses most of its effect once pasted back (measured on the
+        astronaut: SFace cosine 0.22 on the crop, 0.75 after paste-back and re-alignment).
+    """
+
+    mode: Mode = "fixed"
+    eps: float = 8 / 255
+    step: float = 1.5 / 255
+    passes: int = 10
+    steps: int = 20
+    lambda_alpha: float = 0.05
+    std_guard: float = 1e-12
+    alpha_max: float | None = 2.0
+    mask_scale: float = 127.5
+    project_in_loop: bool = True
+    stickers: bool = False
+    highpass: bool = False
+    region_eps: float = 32 / 255
+    eot: tuple[str, ...] = ()
+    dodge_weight: float = 1.0
+    resample_jitter: bool = True
+    real_weight: float | None = 0.5
+
+    def __post_init__(self):
+        if self.mode not in ("faithful", "fixed"):
+            raise ValueError(f"mode must be 'faithful' or 'fixed', got {self.mode!r}")
+        if not 0 < self.eps <= 1 or not 0 < self.step <= 1:
+            raise ValueError(f"eps and step must be in (0, 1], got {self.eps}, {self.step}")
+        if self.passes < 1 or self.steps < 1:
+            raise ValueError(f"passes and steps must be >= 1, got {self.passes}, {self.steps}")
+        if self.mask_scale not in (255.0, 127.5):
+            raise ValueError(f"mask_scale must be 255 or 127.5, got {self.mask_scale}")
+        unknown = set(self.eot) - {"resize", "blur", "jpeg"}
+        if unknown:
+            raise ValueError(f"unknown eot transforms {sorted(unknown)}; known: resize, blur, jpeg")
+        if self.mode == "faithful" and (self.eot or self.dodge_weight or self.resample_jitter):
+            raise ValueError(
+                "eot, dodge_weight and resample_jitter are fixed-mode options (the reference "
+                "has none)"
+            )
+
+    @property
+    def to_ref(self) -> float:
+        """Reference units per applied pixel unit (1 for mask scale 255, 2 for 127.5)."""
+        return 255.0 / self.mask_scale
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["eot"] = list(self.eot)
+        return d
+
+    def digest(self) -> str:
+        """Short stable hash of the settings, for manifests and mask files."""
+        import hashlib
+
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+class AttackState(NamedTuple):
+    """Scan carry: attention map, raw perturbation, their optax states, a key (fixed-mode EOT)."""
+
+    alpha: jax.Array  # (S, S, 3)
+    rho: jax.Array  # (S, S, 3), reference units
+    opt_alpha: optax.OptState
+    opt_rho: optax.OptState
+    key: PRNGKey
+
+
+class CloakResult(NamedTuple):
+    """One identity's mask and how it got there.
+
+    Attributes:
+      mask: (S, S, 3) float32 delta in grey levels (0..255 units) to add to an aligned crop.
+      alpha, rho: final attention map and raw perturbation (reference units).
+      trace: per-step scalars, each of shape (steps,).
+    """
+
+    mask: jax.Array
+    alpha: jax.Array
+    rho: jax.Array
+    trace: dict[str, jax.Array]
+
+
+def _to_unit(x_ref: jax.Array) -> jax.Array:
+    return (x_ref + 1.0) * 0.5
+
+
+def _eot(x01: jax.Array, key: PRNGKey, kinds: tuple[str, ...]) -> jax.Array:
+    """Random differentiable corruptions of (V, S, S, 3) faces; each kind applied with p=0.5."""
+    from .. import augment  # only fixed mode with eot needs it
+
+    keys = jax.random.split(key, len(kinds) * 2)
+    for i, kind in enumerate(kinds):
+        k_on, k_par = keys[2 * i], keys[2 * i + 1]
+        on = jax.random.bernoulli(k_on, 0.5, (x01.shape[0],))[:, None, None, None]
+        if kind == "resize":
+            y = jax.vmap(lambda im: augment.resize_round_trip(im, 0.5))(x01)
+        elif kind == "blur":
+            sig = jax.random.uniform(k_par, (x01.shape[0],), minval=0.5, maxval=1.5)
+            y = jax.vmap(augment.gaussian_blur)(x01, sig)
+        else:  # jpeg
+            q = jax.random.uniform(k_par, (x01.shape[0],), minval=50.0, maxval=95.0)
+            y = jax.vmap(augment.jpeg_like)(x01, q)
+        x01 = jnp.where(on, y, x01)
+    return x01
+
+
+def _resample_jitter(delta: jax.Array, key: PRNGKey) -> jax.Array:
+    """``delta`` warped by a random similarity and back by its inverse plus a sub-pixel shift.
+
+    Emulates paste-back (crop -> photo, scale about 0.5-2x) then re-alignment (photo -> crop):
+    two bilinear resamplings at arbitrary sub-pixel phase. Near-identity, so |result| <= |delta|.
+    """
+    from ..augment import affine_warp
+
+    k_s, k_r, k_t1, k_t2 = jax.random.split(key, 4)
+    size = delta.shape[0]
+    c = (size - 1) / 2.0
+    scale = jnp.exp(jax.random.uniform(k_s, minval=-0.15, maxval=0.15))
+    theta = jnp.deg2rad(jax.random.uniform(k_r, minval=-2.0, maxval=2.0))
+    t1 = jax.random.uniform(k_t1, (2,), minval=-0.5, maxval=0.5)
+    t2 = jax.random.uniform(k_t2, (2,), minval=-0.5, maxval=0.5)
+
+    def similarity(s, th, t):
+        cs, sn = s * jnp.cos(th), s * jnp.sin(th)
+        a = jnp.array([[cs, -sn], [sn, cs]])
+        off = jnp.array([c, c]) - a @ jnp.array([c, c]) + t
+        return jnp.concatenate([a, off[:, None]], axis=1)
+
+    there = affine_warp(delta, similarity(scale, theta, t1))
+    return affine_warp(there, similarity(1.0 / scale, -theta, t2))
+
+
+def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable[..., CloakResult]:
+    """Build the stage-2 optimisation for ONE identity (pure; jit/vmap at the call site).
+
+    The returned ``cloak(params, views, e_similar, e_distant, highpass, taps, *, key)`` takes
+      params: the surrogate's weights (never differentiated),
+      views: (V, S, S, 3) float32 RGB [0, 1] aligned views, the real face last,
+      e_similar, e_distant: (D,) unit anchor embeddings e+ and e-,
+      highpass: (S, S, 3) high-pass mask F of the real face (zeros when unused),
+      taps: ``(pos, w)`` of :func:`jaxcloak.faces.chain.paste_realign_taps` for the real
+        face's photo: in the fixed mode the real view sees the delta exactly as it will be
+        after paste-back and re-alignment (``identity_taps`` when there is no photo),
+      key: PRNG key for the initial rho (and fixed-mode EOT),
+    and returns a :class:`CloakResult`. Loss (spec section 4): cos(phi(x), e+) - cos(phi(x), e-).
+    """
+    cfg = config
+    eps_ref = cfg.eps * cfg.to_ref
+    eta_ref = cfg.step * cfg.to_ref
+    boxes = jnp.asarray(obj.sticker_boxes(size))
+    box_budget = obj.budget_map(
+        eps_ref, size, boxes=obj.sticker_boxes(size), box_eps=cfg.region_eps * cfg.to_ref
+    )
+    feather = jnp.asarray(feather_mask(size))
+    attention = afog_attention(cfg.lambda_alpha, cfg.std_guard)
+    perturb = sign_step(eta_ref)
+
+    def surrogate(params, x_ref):  # (N, S, S, 3) reference units -> (N, D)
+        return embed(params, _to_unit(x_ref))
+
+    def update(state: AttackState, g: jax.Array, budget) -> AttackState:
+        # Both gradients at the pre-update point, as the reference computes them.
+        g_alpha, g_rho = state.rho * g, state.alpha * g
+        da, opt_alpha = attention.update(g_alpha, state.opt_alpha)
+        dr, opt_rho = perturb.update(g_rho, state.opt_rho)
+        alpha = optax.apply_updates(state.alpha, da)
+        rho = optax.apply_updates(state.rho, dr)
+        if cfg.alpha_max is not None:
+            alpha = jnp.clip(alpha, 0.0, cfg.alpha_max)
+        if cfg.project_in_loop:
+            # A per-pixel budget map, so a clip rather than optax.projection_linf_ball.
+            rho = project_linf(rho, budget)
+        return AttackState(alpha, rho, opt_alpha, opt_rho, state.key)
+
+    def stats(state, budget):
+        p = state.alpha * state.rho
+        clipped = jnp.clip(p, -budget, budget)
+        fed = p if cfg.mode == "faithful" else clipped
+        delta = clipped / cfg.to_ref  # applied [0, 1] units
+        return {
+            "linf": jnp.max(jnp.abs(delta)),
+            "l2": jnp.sqrt(jnp.sum(delta**2)),
+            # What the surrogate sees next step: the raw alpha * rho in the faithful loop.
+            "input_linf": jnp.max(jnp.abs(fed)) / cfg.to_ref,
+            "alpha_mean": jnp.mean(state.alpha),
+            "alpha_std": jnp.std(state.alpha),
+            "alpha_min": jnp.min(state.alpha),
+            "alpha_max": jnp.max(state.alpha),
+        }
+
+    def cloak(params: Params, views, e_similar, e_distant, highpass, taps, *, key: PRNGKey):
+        views_ref = 2.0 * jnp.asarray(views, jnp.float32) - 1.0
+        n_views = views_ref.shape[0]
+        e_clean = jax.lax.stop_gradient(surrogate(params, views_ref))  # (V, D)
+        k_init, k_loop = jax.random.split(key)
+        # rho = 2 eps (U[0, 1) - 0.5), the reference's init (L229).
+        rho0 = 2.0 * eps_ref * (jax.random.uniform(k_init, views_ref.shape[1:]) - 0.5)
+        alpha0 = jnp.ones_like(rho0)
+        state = AttackState(alpha0, rho0, attention.init(alpha0), perturb.init(rho0), k_loop)
+        if cfg.mode == "fixed":
+            budget = box_budget if cfg.stickers else jnp.full_like(rho0, eps_ref)
+            if cfg.highpass:
+                budget = jnp.maximum(budget, highpass * cfg.region_eps * cfg.to_ref)
+        else:
+            budget = jnp.full_like(rho0, eps_ref)
+
+        def loss_terms(x_ref, e_idx):
+            e = surrogate(params, x_ref)  # (N, D)
+            cs, cd = e @ e_similar, e @ e_distant
+            cc = jnp.sum(e * e_clean[e_idx], axis=-1)
+            n = x_ref.shape[0]
+            if n > 1 and cfg.real_weight is not None:
+                # The real face (last) carries real_weight; the synthetic views share the rest.
+                wts = jnp.full((n,), (1.0 - cfg.real_weight) / (n - 1)).at[-1].set(cfg.real_weight)
+            else:
+                wts = jnp.full((n,), 1.0 / n)
+            loss = jnp.sum(wts * (cs - cd))  # weighted obj.triplet_loss over the batch
+            if cfg.dodge_weight:
+                loss = loss + cfg.dodge_weight * jnp.sum(wts * cc)
+            return loss, {
+                "cos_similar": jnp.mean(cs),
+                "cos_distant": jnp.mean(cd),
+                "cos_clean": jnp.mean(cc),
+                "cos_clean_real": cc[-1],
+            }
+
+        if cfg.mode == "faithful":
+
+            def body(state, k):
+                x = views_ref[k] + state.alpha * state.rho  # no clip of any kind (D4)
+                (loss, aux), g = jax.value_and_grad(
+                    lambda x: loss_terms(x[None], k[None]), has_aux=True
+                )(x)
+                new = update(state, g, budget)
+                return new, {"loss": loss, **aux, **stats(new, budget)}
+
+            order = jnp.tile(jnp.arange(n_views), cfg.passes)  # synthetic views, then real
+        else:
+            idx = jnp.arange(n_views)
+
+            def body(state, t):
+                k_step = jax.random.fold_in(state.key, t)
+
+                def f(delta):
+                    # The real face (last) through the photo's exact paste/realign map; the
+                    # synthetic views through random resamplings (or as is).
+                    real = apply_taps(delta, taps[0], taps[1], feather)[None]
+                    if cfg.resample_jitter:
+                        keys = jax.random.split(jax.random.fold_in(k_step, 1), n_views - 1)
+                        synth = jax.vmap(_resample_jitter, in_axes=(None, 0))(delta, keys)
+                    else:
+                        synth = jnp.broadcast_to(delta, (n_views - 1, *delta.shape))
+                    x = jnp.clip(views_ref + jnp.concatenate([synth, real]), -1.0, 1.0)
+                    if cfg.eot:
+                        x = 2.0 * _eot(_to_unit(x), k_step, cfg.eot) - 1.0
+                    return loss_terms(x, idx)
+
+                delta = jnp.clip(state.alpha * state.rho, -budget, budget)
+                (loss, aux), g = jax.value_and_grad(f, has_aux=True)(delta)
+                new = update(state, g, budget)
+                return new, {"loss": loss, **aux, **stats(new, budget)}
+
+            order = jnp.arange(cfg.steps)
+
+        state, trace = jax.lax.scan(body, state, order)
+        p = state.alpha * state.rho
+        mask = jnp.clip(p, -budget, budget) * cfg.mask_scale
+        if cfg.mode == "faithful":
+            # int16(M) in the reference: truncation toward zero, then the regions' extras.
+            mask = jnp.trunc(mask)
+            if cfg.stickers or cfg.highpass:
+                extra = obj.faithful_region_mask(
+                    p,
+                    boxes if cfg.stickers else jnp.zeros_like(boxes),
+                    highpass if cfg.highpass else None,
+                )
+                mask = mask + extra
+        return CloakResult(mask.astype(jnp.float32), state.alpha, state.rho, trace)
+
+    return cloak
+
+
+def make_batched_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable:
+    """Jitted stage 2 for many identities: ``fn(params, views, e_sim, e_dist, hp, taps, keys)``.
+
+    Shapes: views (B, V, S, S, 3), e_sim/e_dist (B, D), hp (B, S, S, 3), taps a pair
+    ((B, 4, S, S, 2), (B, 4, S, S)), keys a batch of typed keys. One compile per
+    (B, V, config); params are an argument, so the weights are not baked into the program.
+    """
+    one = make_cloak(embed, config, size)
+
+    def batched(params, views, e_sim, e_dist, highpass, taps, keys):
+        return jax.vmap(lambda v, s, d, h, t, k: one(params, v, s, d, h, t, key=k))(
+            views, e_sim, e_dist, highpass, taps, keys
+        )
+
+    return jax.jit(batched)
+
+
+def highpass_for(faces: np.ndarray) -> np.ndarray:
+    """(B, S, S, 3) high-pass masks of the real faces (host side; uint8 or [0, 1] input)."""
+    return np.stack([obj.highpass_mask(f) for f in faces]).astype(np.float32)

@@ -1,0 +1,289 @@
+"""FaceCloak stage 1: turn one aligned face into a small set of varied views of the same person.
+
+The reference (``facecloak.md`` section 2) draws 8 Arc2Face samples from the face's identity
+embedding and appends the real image last; stage 2 then optimises one mask against all 9. This
+module fixes that contract as :class:`ViewGenerator` and provides a fast, deterministic,
+JAX-native backend, :class:`AugmentViews`, built from :mod:`jaxcloak.augment`. A generative
+(Arc2Face) backend will plug into the same interface.
+
+>>> import jax, jax.numpy as jnp
+>>> gen = make_view_generator("augment", n_views=8)
+>>> gen(jnp.full((112, 112, 3), 0.5, jnp.float32), key=jax.random.key(0)).shape
+(9, 112, 112, 3)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+import jax
+import jax.numpy as jnp
+
+from .. import augment as aug
+from ..typing import Image, PRNGKey
+
+
+@runtime_checkable
+class ViewGenerator(Protocol):
+    """``gen(face, key=key) -> (V, H, W, 3)`` views of one aligned face, the face itself last.
+
+    Attributes:
+      name: registry key of the backend.
+    """
+
+    name: str
+
+    def config(self) -> dict[str, Any]:
+        """Everything that determines the views besides the face and key, JSON-able."""
+        ...
+
+    def __call__(self, face: Image, *, key: PRNGKey) -> jax.Array:
+        """Views of ``face`` ((H, W, 3) float32 RGB in [0, 1], aligned).
+
+        Returns:
+          (n_views + 1, H, W, 3) float32 in [0, 1]; the last entry is ``face`` unchanged, as
+          the reference appends the real image after its synthetic ones.
+        """
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentRanges:
+    """Ranges of the random transforms in :class:`AugmentViews`; each draw is uniform.
+
+    Attributes:
+      rotate_deg, scale, shift, perspective: pose, as :func:`jaxcloak.augment.random_pose`.
+      brightness: added offset in [-b, b].
+      contrast, saturation: factors in [1 - c, 1 + c].
+      gamma: exponent exp(u), u in [-g, g].
+      gain: per-channel gain in [1 - g, 1 + g] (white balance, coloured light).
+      light: directional-light strength in [0, l], at a uniform angle.
+      blur_sigma: Gaussian blur sigma range (taken with probability 1/2).
+      sharpen_amount: unsharp-mask amount range (taken otherwise, at sigma 1).
+      jpeg_quality: libjpeg quality range; every view is compressed.
+      occlude_frac: largest side fraction of the occluding patch.
+      resize_scale, p_resize: a down-and-up resize at this scale with this probability.
+    """
+
+    rotate_deg: float
+    scale: float
+    shift: float
+    perspective: float
+    brightness: float
+    contrast: float
+    saturation: float
+    gamma: float
+    gain: float
+    light: float
+    blur_sigma: tuple[float, float]
+    sharpen_amount: tuple[float, float]
+    jpeg_quality: tuple[float, float]
+    occlude_frac: float
+    resize_scale: float
+    p_resize: float
+
+
+# Modest on purpose: every view must stay the same person to a recogniser (the real-face test
+# in tests/test_views.py checks SFace cosine to the original for "mid").
+STRENGTHS: dict[str, AugmentRanges] = {
+    "low": AugmentRanges(
+        rotate_deg=5.0,
+        scale=0.05,
+        shift=2.0,
+        perspective=0.01,
+        brightness=0.08,
+        contrast=0.1,
+        saturation=0.1,
+        gamma=0.1,
+        gain=0.05,
+        light=0.1,
+        blur_sigma=(0.3, 0.8),
+        sharpen_amount=(0.2, 0.6),
+        jpeg_quality=(70.0, 95.0),
+        occlude_frac=0.2,
+        resize_scale=0.75,
+        p_resize=0.2,
+    ),
+    "mid": AugmentRanges(
+        rotate_deg=10.0,
+        scale=0.1,
+        shift=4.0,
+        perspective=0.02,
+        brightness=0.15,
+        contrast=0.2,
+        saturation=0.2,
+        gamma=0.2,
+        gain=0.08,
+        light=0.2,
+        blur_sigma=(0.4, 1.2),
+        sharpen_amount=(0.3, 1.0),
+        jpeg_quality=(50.0, 95.0),
+        occlude_frac=0.3,
+        resize_scale=0.6,
+        p_resize=0.3,
+    ),
+    "high": AugmentRanges(
+        rotate_deg=15.0,
+        scale=0.15,
+        shift=6.0,
+        perspective=0.04,
+        brightness=0.2,
+        contrast=0.3,
+        saturation=0.3,
+        gamma=0.3,
+        gain=0.12,
+        light=0.3,
+        blur_sigma=(0.5, 1.3),
+        sharpen_amount=(0.5, 1.5),
+        jpeg_quality=(30.0, 90.0),
+        occlude_frac=0.35,
+        resize_scale=0.5,
+        p_resize=0.4,
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentViews:
+    """Varied views by random composition of differentiable image transforms.
+
+    Each view draws, from its own key: an occluding patch (probability ``p_occlude``), a
+    mirror (``p_flip``, via :func:`jaxcloak.augment.hflip_aligned`'s matrix) composed with a
+    random pose into a single resampling, colour and illumination (gamma, brightness,
+    contrast, saturation, channel gain, directional light), blur or sharpen, an optional
+    down-and-up resize, then JPEG at a random quality. Options are blended with ``jnp.where``
+    so shapes stay static; the generator is jitted once per configuration and shape, and
+    ``jax.jit(gen)`` or ``jax.vmap`` over faces and keys works too.
+
+    Attributes:
+      n_views: synthetic views; the output has ``n_views + 1`` images, the face last.
+      strength: "low", "mid" or "high", a row of :data:`STRENGTHS`.
+      p_flip: probability of mirroring a view.
+      p_occlude: probability of an occluding patch.
+    """
+
+    n_views: int = 8
+    strength: str = "mid"
+    p_flip: float = 0.5
+    p_occlude: float = 0.3
+    name: str = dataclasses.field(default="augment", init=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n_views, int) or self.n_views < 1:
+            raise ValueError(f"n_views must be a positive int, got {self.n_views!r}")
+        if self.strength not in STRENGTHS:
+            raise ValueError(f"unknown strength {self.strength!r}; known: {sorted(STRENGTHS)}")
+        for field in ("p_flip", "p_occlude"):
+            p = getattr(self, field)
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{field} must be in [0, 1], got {p}")
+
+    @property
+    def ranges(self) -> AugmentRanges:
+        return STRENGTHS[self.strength]
+
+    def config(self) -> dict[str, Any]:
+        cfg = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        cfg["ranges"] = dataclasses.asdict(self.ranges)
+        return cfg
+
+    def __call__(self, face: Image, *, key: PRNGKey) -> jax.Array:
+        face = jnp.asarray(face)
+        if face.ndim != 3 or face.shape[-1] != 3:
+            raise ValueError(f"expected one (H, W, 3) face, got shape {face.shape}")
+        if face.shape[0] != face.shape[1]:
+            raise ValueError(f"expected a square aligned face, got {face.shape[:2]}")
+        if not jnp.issubdtype(face.dtype, jnp.floating):
+            raise TypeError(f"expected float RGB in [0, 1], got {face.dtype}; divide by 255")
+        return _augment_views(face.astype(jnp.float32), key, self)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _augment_views(face: Image, key: PRNGKey, gen: AugmentViews) -> jax.Array:
+    keys = jax.random.split(key, gen.n_views)
+    views = jax.vmap(_one_view, in_axes=(None, 0, None))(face, keys, gen)
+    return jnp.concatenate([views, face[None]])
+
+
+def _one_view(face: Image, key: PRNGKey, gen: AugmentViews) -> Image:
+    r = gen.ranges
+    size = face.shape[0]
+    ks = jax.random.split(key, 16)
+
+    def uniform(k: PRNGKey, lo: float, hi: float, shape: tuple[int, ...] = ()) -> jax.Array:
+        return jax.random.uniform(k, shape, minval=lo, maxval=hi)
+
+    # An occluder (hand, hair, glasses) is part of the scene, so it goes in before the pose.
+    x = jnp.where(
+        jax.random.bernoulli(ks[0], gen.p_occlude), aug.occlude(face, ks[1], r.occlude_frac), face
+    )
+
+    # Pose, with the mirror folded into the same matrix so the face is resampled once.
+    flip = jnp.where(
+        jax.random.bernoulli(ks[2], gen.p_flip),
+        jnp.asarray(aug.hflip_matrix(size)),
+        jnp.eye(3, dtype=jnp.float32),
+    )
+    pose = aug.random_pose(ks[3], size, r.rotate_deg, r.scale, r.shift, r.perspective)
+    x = aug.affine_warp(x, flip @ pose)
+
+    # Illumination and colour.
+    x = aug.adjust_colour(
+        x,
+        brightness=uniform(ks[4], -r.brightness, r.brightness),
+        contrast=uniform(ks[5], 1 - r.contrast, 1 + r.contrast),
+        saturation=uniform(ks[6], 1 - r.saturation, 1 + r.saturation),
+        gamma=jnp.exp(uniform(ks[7], -r.gamma, r.gamma)),
+    )
+    x = aug.channel_gain(x, uniform(ks[8], 1 - r.gain, 1 + r.gain, (3,)))
+    x = aug.directional_light(x, uniform(ks[9], 0.0, 2 * jnp.pi), uniform(ks[10], 0.0, r.light))
+
+    # Optics and processing: blur or sharpen, maybe a low-resolution round trip, then JPEG.
+    # An unsharp mask with amount -1 is exactly a blur, so one blur serves both branches.
+    blur = jax.random.bernoulli(ks[11])
+    amount = jnp.where(blur, -1.0, uniform(ks[12], *r.sharpen_amount))
+    x = aug.sharpen(x, amount, jnp.where(blur, uniform(ks[13], *r.blur_sigma), 1.0))
+    x = jnp.where(
+        jax.random.bernoulli(ks[14], r.p_resize), aug.resize_round_trip(x, r.resize_scale), x
+    )
+    return aug.jpeg_like(x, uniform(ks[15], *r.jpeg_quality))
+
+
+def _arc2face_unavailable(**kwargs: Any) -> ViewGenerator:
+    raise NotImplementedError(
+        "view generator 'arc2face' (Arc2Face diffusion samples, as the FaceCloak reference) is "
+        "not available yet; a later jaxcloak release brings it. Use 'augment' meanwhile."
+    )
+
+
+VIEW_GENERATORS: dict[str, Callable[..., ViewGenerator]] = {
+    "augment": AugmentViews,
+    "arc2face": _arc2face_unavailable,
+}
+
+
+def make_view_generator(name: str, **kwargs: Any) -> ViewGenerator:
+    """Build a registered view generator.
+
+    Args:
+      name: "augment" (:class:`AugmentViews`); "arc2face" is reserved for a later release.
+      **kwargs: passed to the generator's constructor.
+
+    Returns:
+      A :class:`ViewGenerator`.
+
+    Raises:
+      KeyError: for an unknown name (the message lists the known ones).
+      NotImplementedError: for a known backend that is not available yet.
+    """
+    try:
+        factory = VIEW_GENERATORS[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown view generator {name!r}; known: {sorted(VIEW_GENERATORS)} "
+            "('arc2face' is not available yet)"
+        ) from None
+    return factory(**kwargs)

@@ -1,0 +1,389 @@
+"""Protect folders of photos: who is who, fit one mask per person, apply, write, resume.
+
+Library side of ``jaxcloak protect``: takes ready objects (a :class:`~jaxcloak.protect.Cloaker`,
+paths, policies) and never reads flags. Every input is read once, nothing is ever written over
+an input, outputs and the manifest are written atomically, a bad file is reported and skipped,
+and a rerun skips the photos whose manifest entry and output still match.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .faces.align import warp_crop
+from .faces.photo import FacePolicy, NoFaceError, NoFacePolicy, Photo, prepare_photo
+from .io.atomic import atomic_write_json
+from .io.images import ImageReadError, read_image, write_image
+from .masks import save_mask
+from .protect import Cloaker, FitResult, apply_mask
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+MANIFEST = "manifest.json"
+
+
+def collect_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Expand files and folders (recursively, image suffixes only) into a sorted unique list.
+
+    Returns ``(files, errors)``; a path that does not exist is an error, not an exception.
+    """
+    files: list[Path] = []
+    errors: list[tuple[Path, str]] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file()
+                and f.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
+            if not found:
+                errors.append(
+                    (p, f"{p}: folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                )
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            errors.append((p, f"{p}: no such file or folder"))
+    seen, unique = set(), []
+    for f in files:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique, errors
+
+
+def group_identities(files: Sequence[Path], mode: str) -> dict[str, list[Path]]:
+    """Which photos show the same person: ``single`` (all), ``per-file``, ``per-folder``, or
+    a CSV file with ``path,identity`` rows (paths relative to the CSV's folder or absolute)."""
+    if mode == "single":
+        return {"person": list(files)}
+    if mode == "per-file":
+        return {_slug(f"{i:04d}-{f.stem}"): [f] for i, f in enumerate(files)}
+    if mode == "per-folder":
+        groups: dict[str, list[Path]] = {}
+        for f in files:
+            groups.setdefault(_slug(str(f.parent.resolve().name) or "root"), []).append(f)
+        return groups
+    table = Path(mode)
+    if table.suffix.lower() != ".csv" or not table.is_file():
+        raise ValueError(
+            "--identity must be single, per-file, per-folder or an existing .csv file, "
+            f"got {mode!r}"
+        )
+    by_path: dict[Path, str] = {}
+    with table.open(newline="") as fh:
+        for n, row in enumerate(csv.reader(fh), 1):
+            if not row or row[0].startswith("#") or (n == 1 and row[:2] == ["path", "identity"]):
+                continue
+            if len(row) < 2 or not row[1].strip():
+                raise ValueError(f"{table}:{n}: expected 'path,identity', got {row!r}")
+            p = Path(row[0])
+            by_path[(p if p.is_absolute() else table.parent / p).resolve()] = row[1].strip()
+    groups = {}
+    for f in files:
+        ident = by_path.get(f.resolve())
+        if ident is None:
+            raise ValueError(f"{table}: no identity for {f}")
+        groups.setdefault(_slug(ident), []).append(f)
+    return groups
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "person"
+
+
+@dataclass
+class PhotoRecord:
+    """One input's line in the manifest."""
+
+    input: str
+    status: str  # "protected", "up-to-date", "failed", "no-face"
+    input_sha256: str | None = None
+    output: str | None = None
+    output_sha256: str | None = None
+    faces: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class Summary:
+    """What a run did; ``failed`` lists (path, message)."""
+
+    records: list[PhotoRecord]
+    masks: dict[str, str]
+    seconds: dict[str, float]
+
+    @property
+    def failed(self) -> list[tuple[str, str]]:
+        return [
+            (r.input, r.error or r.status)
+            for r in self.records
+            if r.status in ("failed", "no-face")
+        ]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _output_path(src: Path, root: Path, outdir: Path, fmt: str | None) -> Path:
+    rel = src.resolve().relative_to(root)
+    if fmt:
+        ext = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "TIFF": ".tif"}.get(fmt.upper())
+        rel = rel.with_suffix(ext or f".{fmt.lower()}")
+    return outdir / rel
+
+
+def _common_root(files: Sequence[Path]) -> Path:
+    parents = [str(f.resolve().parent) for f in files]
+    return Path(os.path.commonpath(parents)) if parents else Path.cwd()
+
+
+def protect_files(
+    files: Sequence[Path],
+    outdir: Path,
+    cloaker: Cloaker,
+    *,
+    identity: str = "single",
+    reference: Path | None = None,
+    faces: FacePolicy = "all",
+    no_face: NoFacePolicy = "skip",
+    min_face: float = 20,
+    fmt: str | None = None,
+    quality: int = 95,
+    resume: bool = True,
+    progress: Callable[[Iterable, str, int], Iterable] | None = None,
+) -> Summary:
+    """Protect every face in ``files``; write outputs, masks and ``manifest.json`` to ``outdir``.
+
+    Identities: photos are grouped by ``identity`` (see :func:`group_identities`). In each group
+    every face of the reference photo (``reference``, else the group's first photo with a face)
+    is one person and gets a mask fitted on it; faces in the group's other photos take the mask
+    of the reference face they match (surrogate cosine above its threshold), and a face that
+    matches none gets a mask of its own. Masks of all identities are fitted in batches.
+    """
+    t_start = time.perf_counter()
+    outdir.mkdir(parents=True, exist_ok=True)
+    (outdir / "masks").mkdir(exist_ok=True)
+    run = cloaker.describe()
+    manifest_path = outdir / MANIFEST
+    previous = _load_manifest(manifest_path, run) if resume else {}
+    root = _common_root(list(files) + ([reference] if reference else []))
+    wrap = progress or (lambda it, desc, total: it)
+
+    records: dict[str, PhotoRecord] = {}
+    todo: list[tuple[str, Path]] = []
+    for group, members in group_identities(files, identity).items():
+        for f in members:
+            out = _output_path(f, root, outdir, fmt)
+            prev = previous.get(str(f))
+            if prev and _up_to_date(prev, f, out):
+                records[str(f)] = PhotoRecord(**{**prev, "status": "up-to-date"})
+            else:
+                todo.append((group, f))
+
+    # 1. Read and detect (host); bad files are recorded and skipped.
+    photos: dict[str, Photo] = {}
+    for _group, f in wrap(todo, "reading and detecting", len(todo)):
+        try:
+            photos[str(f)] = prepare_photo(
+                read_image(f), faces=faces, no_face=no_face, min_face=min_face
+            )
+        except (ImageReadError, NoFaceError) as e:
+            status = "no-face" if isinstance(e, NoFaceError) else "failed"
+            records[str(f)] = PhotoRecord(str(f), status, error=str(e))
+    ref_photo = None
+    if reference is not None:
+        try:
+            ref_photo = prepare_photo(
+                read_image(reference), faces=faces, no_face=no_face, min_face=min_face
+            )
+        except (ImageReadError, NoFaceError) as e:
+            raise ValueError(f"reference photo unusable: {e}") from e
+
+    # 2. Reference faces per group -> identities; fit them all in batches.
+    groups: dict[str, list[Path]] = {}
+    for group, f in todo:
+        if str(f) in photos:
+            groups.setdefault(group, []).append(f)
+    identities: dict[str, tuple[np.ndarray, str, np.ndarray]] = {}  # name -> (crop, id, M)
+    members_of: dict[str, list[str]] = {}
+    for group, members in groups.items():
+        ref = ref_photo or photos[str(members[0])]
+        names = []
+        for j, face in enumerate(ref.faces):
+            name = group if len(ref.faces) == 1 else f"{group}-face{j}"
+            identities[name] = (face.crop, f"{ref.image.sha256}#{j}", face.transform)
+            names.append(name)
+        members_of[group] = names
+    t0 = time.perf_counter()
+    fitted = _fit(cloaker, identities, wrap)
+
+    # 3. Assign every face to an identity (fitting new ones for unmatched faces).
+    assign: dict[tuple[str, int], str] = {}
+    extra: dict[str, tuple[np.ndarray, str, np.ndarray]] = {}
+    thr = cloaker.recognizer.spec.threshold
+    ref_emb = {n: r.meta["_embedding"] for n, r in fitted.items()}
+    for group, members in groups.items():
+        for f in members:
+            photo = photos[str(f)]
+            embs = _embed_crops(cloaker, np.stack([fc.crop for fc in photo.faces]))
+            for j, face in enumerate(photo.faces):
+                ref_id = f"{photo.image.sha256}#{j}"
+                if any(identities[n][1] == ref_id for n in members_of[group]):
+                    assign[(str(f), j)] = next(
+                        n for n in members_of[group] if identities[n][1] == ref_id
+                    )
+                    continue
+                sims = {n: float(embs[j] @ ref_emb[n]) for n in members_of[group]}
+                best = max(sims, key=sims.get) if sims else None
+                if best is not None and sims[best] >= thr:
+                    assign[(str(f), j)] = best
+                else:
+                    name = f"{group}-{_slug(f.stem)}-face{j}"
+                    extra[name] = (face.crop, ref_id, face.transform)
+                    assign[(str(f), j)] = name
+    fitted.update(_fit(cloaker, extra, wrap))
+    fit_seconds = time.perf_counter() - t0
+
+    mask_files = {}
+    for name, res in fitted.items():
+        path = outdir / "masks" / f"{name}.mask"
+        meta = {k: v for k, v in res.meta.items() if not k.startswith("_")}
+        save_mask(path, res.delta, {**meta, "identity": name}, overwrite=True)
+        mask_files[name] = str(path)
+
+    # 4. Apply, write, verify by reading the written file back.
+    t1 = time.perf_counter()
+    for f in wrap([f for fs in groups.values() for f in fs], "applying masks", len(photos)):
+        photo = photos[str(f)]
+        out = _output_path(f, root, outdir, fmt)
+        try:
+            names = [assign[(str(f), j)] for j in range(len(photo.faces))]
+            rgb = apply_mask(photo, [fitted[n].delta for n in names])
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_image(out, rgb, like=photo.image, format=fmt, quality=quality, overwrite=True)
+            written = read_image(out)
+            face_rows = _face_report(cloaker, photo, written.rgb, names)
+            records[str(f)] = PhotoRecord(
+                str(f),
+                "protected",
+                photo.image.sha256,
+                str(out),
+                written.sha256,
+                face_rows,
+                list(photo.notes),
+            )
+        except Exception as e:  # one bad photo must not stop the batch
+            records[str(f)] = PhotoRecord(
+                str(f), "failed", photo.image.sha256, error=f"{f}: {type(e).__name__}: {e}"
+            )
+        _write_manifest(manifest_path, run, records, mask_files)
+    ordered = [records[str(f)] for f in files if str(f) in records]
+    _write_manifest(manifest_path, run, records, mask_files)
+    seconds = {
+        "fit": fit_seconds,
+        "apply": time.perf_counter() - t1,
+        "total": time.perf_counter() - t_start,
+        "compile": sum(cloaker.compile_seconds.values()),
+    }
+    return Summary(ordered, mask_files, seconds)
+
+
+def _fit(
+    cloaker: Cloaker, identities: dict[str, tuple[np.ndarray, str, np.ndarray]], wrap
+) -> dict[str, FitResult]:
+    if not identities:
+        return {}
+    names = list(identities)
+    crops = np.stack([identities[n][0] for n in names])
+    out: dict[str, FitResult] = {}
+    step = cloaker.max_batch
+    chunks = range(0, len(names), step)
+    for s in wrap(chunks, f"fitting {len(names)} mask(s)", len(chunks)):
+        sub = names[s : s + step]
+        res = cloaker.fit(
+            crops[s : s + step], [identities[n][1] for n in sub], [identities[n][2] for n in sub]
+        )
+        embs = _embed_crops(cloaker, crops[s : s + step])
+        for n, r, e in zip(names[s : s + step], res, embs, strict=True):
+            r.meta["_embedding"] = e  # kept in memory only, never written (privacy)
+            out[n] = r
+    return out
+
+
+def _embed_crops(cloaker: Cloaker, crops: np.ndarray) -> np.ndarray:
+    from .anchors import embed_faces
+
+    return embed_faces(cloaker.recognizer, crops)
+
+
+def _face_report(
+    cloaker: Cloaker, photo: Photo, written: np.ndarray, names: list[str]
+) -> list[dict]:
+    """Surrogate cosine between each clean face and the same region of the written output."""
+    after = np.stack([warp_crop(written, f.transform, f.crop.shape[0]) for f in photo.faces])
+    before = np.stack([f.crop for f in photo.faces])
+    emb = _embed_crops(cloaker, np.concatenate([before, after]))
+    n = len(photo.faces)
+    cos = np.sum(emb[:n] * emb[n:], axis=1)
+    thr = cloaker.recognizer.spec.threshold
+    return [
+        {
+            "index": f.index,
+            "origin": f.origin,
+            "box": [round(v, 1) for v in f.box],
+            "identity": names[j],
+            "cos_after": round(float(cos[j]), 4),
+            "same_person_after": bool(cos[j] >= thr),
+        }
+        for j, f in enumerate(photo.faces)
+    ]
+
+
+def _load_manifest(path: Path, run: dict) -> dict[str, dict]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    same = all(data.get("run", {}).get(k) == run[k] for k in ("config_hash", "seed", "surrogate"))
+    if not same:
+        return {}
+    return {
+        r["input"]: r
+        for r in data.get("photos", [])
+        if r.get("status") in ("protected", "up-to-date")
+    }
+
+
+def _up_to_date(prev: dict, src: Path, out: Path) -> bool:
+    try:
+        return (
+            prev.get("output") == str(out)
+            and out.is_file()
+            and prev.get("input_sha256") == _sha(src)
+            and prev.get("output_sha256") == _sha(out)
+        )
+    except OSError:
+        return False
+
+
+def _write_manifest(path: Path, run: dict, records: dict[str, PhotoRecord], masks: dict) -> None:
+    photos = [r.__dict__ for r in records.values()]
+    atomic_write_json(path, {"run": run, "masks": masks, "photos": photos}, overwrite=True)

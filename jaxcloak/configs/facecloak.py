@@ -1,0 +1,68 @@
+"""FaceCloak presets: the reference as shipped ("faithful") and jaxcloak's corrected default.
+
+Launch examples::
+
+    jaxcloak protect photo.jpg -o out/                     # fixed, strength mid
+    jaxcloak protect photo.jpg -o out/ --strength high
+    jaxcloak protect photo.jpg -o out/ --mode faithful --far-anchor celeb.jpg
+
+``get_config(mode, strength)`` returns a :class:`CloakConfig`; explicit overrides are applied
+with ``dataclasses.replace`` by the CLI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..attacks.facecloak import CloakConfig
+
+#: The shipped reference run (cloak_template.txt): afog_cloak_multi, T = 10 passes over the
+#: views, eta = 2/255, eps = 8/255, lambda_alpha = 10, std guard 0.01, no projection inside
+#: the loop, mask x255, stickers and high-pass on (added after the loop).
+FAITHFUL = CloakConfig(
+    mode="faithful",
+    eps=8 / 255,
+    step=2 / 255,
+    passes=10,
+    lambda_alpha=10.0,
+    std_guard=0.01,
+    alpha_max=None,
+    mask_scale=255.0,
+    project_in_loop=False,
+    stickers=True,
+    highpass=True,
+    dodge_weight=0.0,
+    resample_jitter=False,
+    real_weight=None,
+)
+
+#: jaxcloak's default: all views per step, projected every step, consistent scale.
+FIXED = CloakConfig(mode="fixed")
+
+#: Strength presets of the fixed mode (budget, steps and step size; regions at "high").
+STRENGTHS: dict[str, dict] = {
+    "low": {"eps": 4 / 255, "steps": 15, "step": 1 / 255},
+    "mid": {"eps": 8 / 255, "steps": 20, "step": 1.5 / 255},
+    "high": {
+        "eps": 12 / 255,
+        "steps": 40,
+        "step": 1.5 / 255,
+        "stickers": True,
+        "region_eps": 24 / 255,
+    },
+}
+
+
+def get_config(mode: str = "fixed", strength: str = "mid", **overrides) -> CloakConfig:
+    """The preset for ``mode`` ("fixed" or "faithful") and ``strength`` (fixed mode only)."""
+    if mode == "faithful":
+        if strength != "mid":
+            raise ValueError("--strength applies to the fixed mode; faithful uses the shipped run")
+        base = FAITHFUL
+    elif mode == "fixed":
+        if strength not in STRENGTHS:
+            raise ValueError(f"unknown strength {strength!r}; choose one of {sorted(STRENGTHS)}")
+        base = dataclasses.replace(FIXED, **STRENGTHS[strength])
+    else:
+        raise ValueError(f"unknown mode {mode!r}; choose 'fixed' or 'faithful'")
+    return dataclasses.replace(base, **overrides)

@@ -1,0 +1,93 @@
+"""Personal mask files: one identity's learned delta plus the metadata to trust and reuse it.
+
+Format (``.mask``, an uncompressed NumPy ``.npz``; no pickles, so loading runs no code):
+
+- ``delta``: (S, S, 3) float32, grey levels (0..255 units) to add to an aligned S x S crop;
+- ``meta``: UTF-8 JSON as a uint8 array: ``format``, ``version``, ``surrogate`` (name, sha256),
+  ``mode``, ``eps``, ``seed``, ``config`` and ``config_hash``, ``anchors`` (names, cosines),
+  ``created`` (UTC ISO time), ``jaxcloak_version``, ``source`` (the reference photo's hash).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .io.atomic import atomic_write
+
+MASK_FORMAT = "jaxcloak-mask"
+MASK_VERSION = 1
+
+
+class MaskFileError(ValueError):
+    """A mask file is unreadable, corrupt or of an unsupported version; names the file."""
+
+
+@dataclass(frozen=True, eq=False)
+class PersonalMask:
+    """A loaded mask: ``delta`` (S, S, 3) float32 grey levels and its ``meta`` dict."""
+
+    delta: np.ndarray
+    meta: dict[str, Any]
+
+    @property
+    def size(self) -> int:
+        return int(self.delta.shape[0])
+
+
+def save_mask(
+    path: str | os.PathLike, delta: np.ndarray, meta: dict[str, Any], *, overwrite: bool = False
+) -> Path:
+    """Write a mask file atomically; ``meta`` gets ``format`` and ``version`` added."""
+    delta = np.asarray(delta, np.float32)
+    if delta.ndim != 3 or delta.shape[0] != delta.shape[1] or delta.shape[2] != 3:
+        raise ValueError(f"mask delta must be (S, S, 3), got {delta.shape}")
+    if not np.all(np.isfinite(delta)):
+        raise ValueError("mask delta has non-finite values")
+    full = {"format": MASK_FORMAT, "version": MASK_VERSION, **meta}
+    buf = io.BytesIO()
+    blob = np.frombuffer(json.dumps(full, sort_keys=True).encode(), np.uint8)
+    np.savez(buf, delta=delta, meta=blob)
+    return atomic_write(Path(path), buf.getvalue(), overwrite=overwrite)
+
+
+def load_mask(path: str | os.PathLike) -> PersonalMask:
+    """Read and validate a mask file.
+
+    Raises:
+      MaskFileError: missing, not a mask file, corrupt, wrong version, or a bad array.
+    """
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise MaskFileError(f"{p}: cannot read mask file ({e.strerror or e})") from e
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            if "delta" not in z.files or "meta" not in z.files:
+                raise MaskFileError(f"{p}: not a jaxcloak mask (arrays {sorted(z.files)})")
+            delta = np.array(z["delta"])
+            meta = json.loads(bytes(z["meta"]).decode())
+    except MaskFileError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, UnicodeDecodeError) as e:
+        raise MaskFileError(f"{p}: not a jaxcloak mask or corrupt ({type(e).__name__}: {e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != MASK_FORMAT:
+        raise MaskFileError(f"{p}: not a jaxcloak mask (format {meta.get('format')!r})")
+    if meta.get("version") != MASK_VERSION:
+        raise MaskFileError(
+            f"{p}: mask version {meta.get('version')!r} is not supported by this jaxcloak "
+            f"(reads version {MASK_VERSION}); refit the mask with `jaxcloak mask fit`"
+        )
+    if delta.dtype != np.float32 or delta.ndim != 3 or delta.shape[0] != delta.shape[1]:
+        raise MaskFileError(f"{p}: bad mask array {delta.dtype} {delta.shape}")
+    if delta.shape[2] != 3 or not np.all(np.isfinite(delta)):
+        raise MaskFileError(f"{p}: bad mask array (shape {delta.shape} or non-finite values)")
+    return PersonalMask(delta, meta)

@@ -1,0 +1,1 @@
+"""Per-example objectives of the attacks (written for one image; vmap at the call site)."""

@@ -1,0 +1,1 @@
+"""Gradient transformations used by the attacks (optax-compatible and pure)."""

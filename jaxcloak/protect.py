@@ -1,0 +1,218 @@
+"""FaceCloak end to end: fit personal masks for many identities at once, apply them to photos.
+
+:class:`Cloaker` holds what every identity shares (surrogate, anchor pool, view generator,
+stage-2 config and its compiled program); :meth:`Cloaker.fit` runs stages 1 and 2 for a batch
+of aligned reference faces in one compiled call (padded to a bucket size so the program
+compiles once per bucket), and :func:`apply_mask` is stage 3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import __version__
+from .anchors import AnchorPool, anchor_embeddings, embed_faces
+from .attacks.facecloak import CloakConfig, highpass_for, make_cloak
+from .attacks.views import ViewGenerator
+from .faces.chain import identity_taps, paste_realign_taps
+from .faces.photo import Photo
+from .masks import PersonalMask
+from .nets.registry import FaceRecognizer
+
+#: Identity batch sizes the compiled program is built for; a batch is padded up to the next.
+BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+
+
+def bucket_size(n: int, max_batch: int) -> int:
+    """Smallest bucket >= n (capped at max_batch), so few programs are compiled."""
+    for b in BUCKETS:
+        if b >= min(n, max_batch):
+            return min(b, max_batch)
+    return max_batch
+
+
+def identity_key(seed: int, reference_id: str) -> jax.Array:
+    """Per-identity PRNG key: the run's seed folded with a hash of the reference face's id.
+
+    Keyed by content rather than position, so resuming or reordering a batch job gives every
+    identity the same mask.
+    """
+    fold = int(hashlib.sha256(reference_id.encode()).hexdigest()[:8], 16)
+    return jax.random.fold_in(jax.random.key(seed), fold)
+
+
+@dataclass
+class FitResult:
+    """One identity's fitted mask, the anchors it was pushed between, and its trace."""
+
+    reference_id: str
+    delta: np.ndarray  # (S, S, 3) float32 grey levels
+    trace: dict[str, np.ndarray]
+    anchors: dict[str, Any]
+    cos_after: float  # surrogate cosine between the clean and the masked reference crop
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_mask(self) -> PersonalMask:
+        return PersonalMask(self.delta, self.meta)
+
+
+class Cloaker:
+    """Stages 1 and 2 for batches of identities, with everything shared compiled once.
+
+    Args:
+      recognizer: the surrogate.
+      config: stage-2 settings.
+      views: the stage-1 view generator.
+      pool: the anchor pool.
+      anchor_rule: "gallery_filtered" (fixed) or "faithful".
+      far_anchor_face: aligned uint8 far anchor, required by the faithful rule.
+      max_batch: most identities per compiled call.
+      seed: the run's seed; every identity's key derives from it.
+    """
+
+    def __init__(
+        self,
+        recognizer: FaceRecognizer,
+        config: CloakConfig,
+        views: ViewGenerator,
+        pool: AnchorPool,
+        *,
+        anchor_rule: str = "gallery_filtered",
+        far_anchor_face: np.ndarray | None = None,
+        max_batch: int = 8,
+        seed: int = 0,
+    ):
+        self.recognizer = recognizer
+        self.config = config
+        self.views = views
+        self.pool = pool
+        self.anchor_rule = anchor_rule
+        self.far_anchor_face = far_anchor_face
+        self.max_batch = max_batch
+        self.seed = seed
+        one = make_cloak(recognizer.embed, config)
+
+        def fit_one(params, face, e_sim, e_dist, highpass, taps, key):
+            k_views, k_cloak = jax.random.split(key)
+            v = views(face, key=k_views)  # (V + 1, S, S, 3), the real face last
+            return one(params, v, e_sim, e_dist, highpass, taps, key=k_cloak)
+
+        # One program per (bucket, config): params are an argument, faces vmapped.
+        self._fit = jax.jit(jax.vmap(fit_one, in_axes=(None, 0, 0, 0, 0, 0, 0)))
+        self.compile_seconds: dict[int, float] = {}
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able settings for manifests and mask files."""
+        return {
+            "surrogate": {"name": self.recognizer.spec.name, "sha256": self.recognizer.sha256},
+            "config": self.config.to_dict(),
+            "config_hash": self.config.digest(),
+            "views": self.views.config(),
+            "anchor_rule": self.anchor_rule,
+            "pool": {"source": self.pool.source, "size": len(self.pool)},
+            "seed": self.seed,
+            "jaxcloak_version": __version__,
+        }
+
+    def fit(
+        self,
+        faces: np.ndarray,
+        reference_ids: Sequence[str],
+        transforms: Sequence[np.ndarray | None] | None = None,
+    ) -> list[FitResult]:
+        """Fit one mask per aligned face.
+
+        Args:
+          faces: (N, 112, 112, 3) uint8 aligned clean reference faces, one per identity.
+          reference_ids: stable id per face (e.g. "<file sha256>#<face index>"); seeds the
+            identity's key and names it in records.
+          transforms: each face's (2, 3) photo -> crop matrix, so the optimisation sees the
+            mask as it will be after paste-back into that photo; None for a bare crop.
+        """
+        faces = np.asarray(faces)
+        if faces.ndim != 4 or faces.shape[1:] != (112, 112, 3) or faces.dtype != np.uint8:
+            raise ValueError(f"faces must be (N, 112, 112, 3) uint8, got {faces.shape}")
+        if len(reference_ids) != len(faces):
+            raise ValueError(f"{len(faces)} faces but {len(reference_ids)} reference ids")
+        transforms = list(transforms) if transforms is not None else [None] * len(faces)
+        taps = [identity_taps() if m is None else paste_realign_taps(m) for m in transforms]
+        results: list[FitResult] = []
+        for start in range(0, len(faces), self.max_batch):
+            sl = slice(start, start + self.max_batch)
+            results.extend(self._fit_chunk(faces[sl], list(reference_ids[sl]), taps[sl]))
+        return results
+
+    def _fit_chunk(self, faces: np.ndarray, ids: list[str], taps: list) -> list[FitResult]:
+        n = len(faces)
+        b = bucket_size(n, self.max_batch)
+        anchors = [
+            anchor_embeddings(
+                self.recognizer,
+                f,
+                self.pool,
+                rule=self.anchor_rule,
+                far_anchor_face=self.far_anchor_face,
+            )
+            for f in faces
+        ]
+        pad = b - n
+        x = np.concatenate([faces, np.repeat(faces[-1:], pad, 0)]) if pad else faces
+        e_sim = np.stack([a[0] for a in anchors] + [anchors[-1][0]] * pad)
+        e_dist = np.stack([a[1] for a in anchors] + [anchors[-1][1]] * pad)
+        hp = highpass_for(x)
+        taps = taps + [taps[-1]] * pad
+        taps_b = (np.stack([t[0] for t in taps]), np.stack([t[1] for t in taps]))
+        keys = jnp.stack([identity_key(self.seed, i) for i in ids + [ids[-1]] * pad])
+        x01 = jnp.asarray(x, jnp.float32) / 255.0
+        args = (self.recognizer.params, x01, e_sim, e_dist, hp, taps_b, keys)
+        if b not in self.compile_seconds:
+            t0 = time.perf_counter()
+            self._fit.lower(*args).compile()  # cached by jit for the call below
+            self.compile_seconds[b] = time.perf_counter() - t0
+        out = jax.device_get(self._fit(*args))
+        masked = np.clip(np.rint(x[:n] + out.mask[:n]), 0, 255).astype(np.uint8)
+        emb = embed_faces(self.recognizer, np.concatenate([faces, masked]))
+        cos_after = np.sum(emb[:n] * emb[n:], axis=1)
+        base = self.describe()
+        results = []
+        for i in range(n):
+            meta = {
+                **base,
+                "reference_id": ids[i],
+                "anchors": anchors[i][2],
+                "eps": self.config.eps,
+                "mode": self.config.mode,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            trace = {k: np.asarray(v[i]) for k, v in out.trace.items()}
+            results.append(
+                FitResult(
+                    ids[i],
+                    np.asarray(out.mask[i], np.float32),
+                    trace,
+                    anchors[i][2],
+                    float(cos_after[i]),
+                    meta,
+                )
+            )
+        return results
+
+
+def apply_mask(photo: Photo, masks: Sequence[np.ndarray], **paste_kwargs) -> np.ndarray:
+    """Stage 3: add one crop-space mask per chosen face of ``photo``; returns the new RGB.
+
+    Each mask is placed with the same similarity transform as that face's aligned crop and
+    pasted back with a feathered edge at full resolution (``jaxcloak.faces.paste_back``).
+    """
+    for m in masks:
+        if m.shape != photo.faces[0].crop.shape:
+            raise ValueError(f"mask is {m.shape}, crops are {photo.faces[0].crop.shape}")
+    return photo.paste(list(masks), **paste_kwargs)
