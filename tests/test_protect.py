@@ -21,7 +21,7 @@ from PIL import Image
 
 from jaxcloak.anchors import builtin_pool, embed_faces
 from jaxcloak.attacks.views import make_view_generator
-from jaxcloak.batch import protect_files
+from jaxcloak.batch import group_identities, protect_files
 from jaxcloak.cli import main
 from jaxcloak.configs.facecloak import get_config
 from jaxcloak.faces import align_face, detect_faces
@@ -170,8 +170,13 @@ def _cheap(rec, seed=0, embed=None):
     )
 
 
-def test_same_seed_same_bits_different_seed_different_mask(astronaut_file, tmp_path, rec):
-    c0 = _cheap(rec)
+@pytest.fixture(scope="module")
+def cheap(rec):
+    return _cheap(rec)
+
+
+def test_same_seed_same_bits_different_seed_different_mask(astronaut_file, tmp_path, rec, cheap):
+    c0 = cheap
     a = protect_files([astronaut_file], tmp_path / "a", c0)
     b = protect_files([astronaut_file], tmp_path / "b", c0, resume=False)
     c = protect_files([astronaut_file], tmp_path / "c", _cheap(rec, seed=1))
@@ -179,6 +184,39 @@ def test_same_seed_same_bits_different_seed_different_mask(astronaut_file, tmp_p
     ma, mb, mc = (load_mask(s.masks["person"]).delta for s in (a, b, c))
     np.testing.assert_array_equal(ma, mb)
     assert not np.array_equal(ma, mc)
+
+
+def test_batch_keeps_going_past_bad_files(astronaut_file, tmp_path, cheap):
+    (tmp_path / "bad.jpg").write_text("not a photo")
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(tmp_path / "wall.png")
+    files = [tmp_path / "bad.jpg", astronaut_file, tmp_path / "wall.png"]
+    before = {f: _sha(f) for f in files}
+    summary = protect_files(files, tmp_path / "out", cheap, identity="per-file")
+    status = {Path(r.input).name: r.status for r in summary.records}
+    assert status == {"bad.jpg": "failed", "astronaut.png": "protected", "wall.png": "no-face"}
+    failed = dict(summary.failed)
+    assert "bad.jpg: not a recognised image file" in failed[str(tmp_path / "bad.jpg")]
+    assert "wall.png: no face found" in failed[str(tmp_path / "wall.png")]
+    assert {f: _sha(f) for f in files} == before
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [p["status"] for p in manifest["photos"]].count("protected") == 1
+
+
+def test_identity_grouping(tmp_path):
+    a, b = tmp_path / "ann", tmp_path / "bob"
+    a.mkdir(), b.mkdir()
+    files = [a / "1.jpg", a / "2.jpg", b / "1.jpg"]
+    assert list(group_identities(files, "single").values()) == [files]
+    assert len(group_identities(files, "per-file")) == 3
+    assert group_identities(files, "per-folder") == {"ann": files[:2], "bob": files[2:]}
+    table = tmp_path / "who.csv"
+    table.write_text("path,identity\nann/1.jpg,x\nann/2.jpg,y\nbob/1.jpg,x\n")
+    assert group_identities(files, str(table)) == {"x": [files[0], files[2]], "y": [files[1]]}
+    table.write_text("ann/1.jpg,x\n")
+    with pytest.raises(ValueError, match="no identity for"):
+        group_identities(files, str(table))
+    with pytest.raises(ValueError, match="--identity must be"):
+        group_identities(files, "by-face")
 
 
 def test_compiles_once_per_batch_size(rec):
