@@ -266,7 +266,7 @@ def protect_files(
     for name, res in fitted.items():
         path = outdir / "masks" / f"{name}.mask"
         meta = {k: v for k, v in res.meta.items() if not k.startswith("_")}
-        save_mask(path, res.delta, {**meta, "identity": name}, overwrite=True)
+        save_mask(path, res.delta, {**meta, "identity": name}, traces=res.trace, overwrite=True)
         mask_files[name] = str(path)
 
     # 4. Apply, write, verify by reading the written file back.

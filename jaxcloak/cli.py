@@ -366,7 +366,7 @@ def _cmd_mask_fit(args: argparse.Namespace) -> int:
     ref_id = hashlib.sha256(Path(args.photo).read_bytes()).hexdigest() + "#0"
     (res,) = cloaker.fit(face[None], [ref_id])
     meta = {k: v for k, v in res.meta.items() if not k.startswith("_")}
-    out = save_mask(args.output, res.delta, meta, overwrite=args.overwrite)
+    out = save_mask(args.output, res.delta, meta, traces=res.trace, overwrite=args.overwrite)
     print(
         f"wrote {out}: surrogate cosine clean vs masked reference face {res.cos_after:.3f} "
         f"(threshold {cloaker.recognizer.spec.threshold})"
@@ -424,6 +424,105 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
         help="output format (default: same as each input)",
     )
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
+
+
+# --------------------------------------------------------------------------------------------
+# eval / calibrate
+# --------------------------------------------------------------------------------------------
+
+
+def _dlib_or_none(enabled: bool):
+    if not enabled:
+        return None
+    from .evaluate.dlib_bb import DlibRecognizer
+
+    rec = DlibRecognizer()
+    if not rec.available():
+        print(
+            "warning: dlib black box unavailable (pip install dlib-bin face-recognition-models);"
+            " reporting the surrogate only",
+            file=sys.stderr,
+        )
+        return None
+    return rec
+
+
+def run_eval(
+    clean: Path,
+    protected: Path,
+    outdir: Path,
+    *,
+    models=("sface",),
+    dlib=True,
+    transforms=None,
+    gallery: Path | None = None,
+) -> dict:
+    """Evaluate and print the five-line summary (shared by `eval` and `protect --demo`)."""
+    from .evaluate.robustness import TRANSFORMS
+    from .evaluate.run import evaluate, summary_lines
+    from .nets.registry import load
+
+    report = evaluate(
+        clean,
+        protected,
+        outdir,
+        [load(m) for m in models],
+        dlib=_dlib_or_none(dlib),
+        transforms=list(TRANSFORMS) if transforms is None else transforms,
+        gallery=gallery,
+        progress=_progress,
+    )
+    for line in summary_lines(report):
+        print(line)
+    print(f"report: {outdir / 'report.md'} (and report.json, figures)")
+    return report
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    transforms = (
+        None
+        if args.transforms is None
+        else [t.strip() for t in args.transforms.split(",") if t.strip()]
+    )
+    report = run_eval(
+        Path(args.clean),
+        Path(args.protected),
+        Path(args.output),
+        models=args.model or ["sface"],
+        dlib=not args.no_dlib,
+        transforms=transforms,
+        gallery=Path(args.gallery) if args.gallery else None,
+    )
+    for p in report["problems"]:
+        print(f"  problem: {p}", file=sys.stderr)
+    return 1 if report["problems"] or report["n_faces"] == 0 else 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .anchors import embed_faces, user_pool
+    from .evaluate.metrics import calibrate_threshold
+    from .nets.registry import load
+
+    pool = user_pool(args.folder)
+    rec = load(args.model)
+    emb = embed_faces(rec, pool.faces)
+    sims = emb @ emb.T
+    ids = np.asarray(pool.ids)
+    iu = np.triu_indices(len(ids), 1)
+    same = ids[iu[0]] == ids[iu[1]]
+    genuine, impostor = sims[iu][same], sims[iu][~same]
+    thr = calibrate_threshold(genuine, impostor, args.far)
+    tar = float(np.mean(genuine >= thr)) if len(genuine) else float("nan")
+    print(
+        f"{args.model}: threshold {thr:.4f} at FAR {args.far:g} from {len(impostor)} impostor "
+        f"and {len(genuine)} genuine pairs ({len(set(ids))} identities); TAR {tar:.3f}; "
+        f"registry threshold {rec.spec.threshold}"
+    )
+    for path, reason in pool.skipped:
+        print(f"  skipped {path}: {reason}", file=sys.stderr)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -517,6 +616,46 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_args(p_apply)
     p_apply.set_defaults(func=_cmd_mask_apply)
     p_mask.set_defaults(func=lambda a: (p_mask.print_help(), 2)[1])
+
+    p_eval = sub.add_parser(
+        "eval",
+        help="measure protected photos: PSR (surrogate and dlib black box), quality, robustness",
+        description="Pair each clean photo with its protected version (same relative path, any "
+        "format), re-detect every face on the protected file, and report: verification PSR for "
+        "the surrogate (cosine threshold) and for dlib's ResNet descriptor (a black box never "
+        "used to build the protection; L2 < 0.6 = same person), PSNR/SSIM/L-inf/L2, and PSR "
+        "after JPEG 95/85/75/50, downscale 0.75/0.5, blur, 90% crop and greyscale. Writes "
+        "report.json, report.md and PNG figures. Exit 1 if any file was reported as a problem.",
+    )
+    p_eval.add_argument("--clean", required=True, metavar="DIR", help="the original photos")
+    p_eval.add_argument("--protected", required=True, metavar="DIR", help="jaxcloak's outputs")
+    p_eval.add_argument("-o", "--output", required=True, metavar="REPORT_DIR")
+    p_eval.add_argument("--model", action="append", help="surrogate(s) to score (default sface)")
+    p_eval.add_argument(
+        "--gallery",
+        metavar="DIR",
+        help="labelled gallery (subfolder or filename prefix = identity) for "
+        "top-1/top-5 identification PSR; probe identities from the clean names",
+    )
+    p_eval.add_argument("--no-dlib", action="store_true", help="skip the dlib black box")
+    p_eval.add_argument(
+        "--transforms",
+        metavar="LIST",
+        help="comma list of robustness transforms (default: all; '' for none)",
+    )
+    p_eval.set_defaults(func=_cmd_eval)
+
+    p_cal = sub.add_parser(
+        "calibrate",
+        help="threshold of a face model at a given false-accept rate, from a labelled folder",
+        description="Embed the largest face of every photo in FOLDER (identity = subfolder, or "
+        "the filename up to the first '_'), and print the cosine threshold whose false-accept "
+        "rate over all impostor pairs is at most --far.",
+    )
+    p_cal.add_argument("folder")
+    p_cal.add_argument("--far", type=float, default=1e-2, help="false-accept rate (default 0.01)")
+    p_cal.add_argument("--model", default="sface")
+    p_cal.set_defaults(func=_cmd_calibrate)
     return parser
 
 

@@ -23,7 +23,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
-def run_demo(outdir: Path, cloaker: Cloaker) -> int:
+def run_demo(outdir: Path, cloaker: Cloaker, *, evaluate: bool = True) -> int:
     """Protect the astronaut into ``outdir`` and write ``report.md`` and ``comparison.png``."""
     import skimage.data
 
@@ -89,12 +89,18 @@ def run_demo(outdir: Path, cloaker: Cloaker) -> int:
         f"- Time: fit {s['fit']:.1f} s (compile {s['compile']:.1f} s), apply {s['apply']:.1f} s, "
         f"total {s['total']:.1f} s",
         "",
-        "The cosine is measured by the surrogate itself (white box); `jaxcloak eval` (a later "
-        "release) adds an independent black-box recogniser and a robustness sweep.",
+        "The cosine is measured by the surrogate itself (white box); the evaluation in "
+        "`eval/report.md` adds dlib's recogniser as a black box, image quality and a "
+        "robustness sweep.",
     ]
     report = "\n".join(lines) + "\n"
     atomic_write_text(outdir / "report.md", report, overwrite=True)
     print(report)
     print(f"wrote {outdir / 'report.md'}")
     ok = all(not f["same_person_after"] for f in faces)
+    if evaluate:
+        from .cli import run_eval
+
+        print("\nevaluating (surrogate, dlib black box, quality, robustness) ...", flush=True)
+        run_eval(src_dir, outdir / "protected", outdir / "eval")
     return 0 if ok else 1

@@ -3,6 +3,7 @@
 Format (``.mask``, an uncompressed NumPy ``.npz``; no pickles, so loading runs no code):
 
 - ``delta``: (S, S, 3) float32, grey levels (0..255 units) to add to an aligned S x S crop;
+- ``trace_<name>``: optional (steps,) per-step optimisation traces (loss, cosines, norms);
 - ``meta``: UTF-8 JSON as a uint8 array: ``format``, ``version``, ``surrogate`` (name, sha256),
   ``mode``, ``eps``, ``seed``, ``config`` and ``config_hash``, ``anchors`` (names, cosines),
   ``created`` (UTC ISO time), ``jaxcloak_version``, ``source`` (the reference photo's hash).
@@ -10,6 +11,7 @@ Format (``.mask``, an uncompressed NumPy ``.npz``; no pickles, so loading runs n
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -32,10 +34,11 @@ class MaskFileError(ValueError):
 
 @dataclass(frozen=True, eq=False)
 class PersonalMask:
-    """A loaded mask: ``delta`` (S, S, 3) float32 grey levels and its ``meta`` dict."""
+    """A loaded mask: ``delta`` (S, S, 3) float32 grey levels, its ``meta`` and ``traces``."""
 
     delta: np.ndarray
     meta: dict[str, Any]
+    traces: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -43,7 +46,12 @@ class PersonalMask:
 
 
 def save_mask(
-    path: str | os.PathLike, delta: np.ndarray, meta: dict[str, Any], *, overwrite: bool = False
+    path: str | os.PathLike,
+    delta: np.ndarray,
+    meta: dict[str, Any],
+    *,
+    traces: dict[str, np.ndarray] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a mask file atomically; ``meta`` gets ``format`` and ``version`` added."""
     delta = np.asarray(delta, np.float32)
@@ -54,7 +62,8 @@ def save_mask(
     full = {"format": MASK_FORMAT, "version": MASK_VERSION, **meta}
     buf = io.BytesIO()
     blob = np.frombuffer(json.dumps(full, sort_keys=True).encode(), np.uint8)
-    np.savez(buf, delta=delta, meta=blob)
+    extra = {f"trace_{k}": np.asarray(v, np.float32) for k, v in (traces or {}).items()}
+    np.savez(buf, delta=delta, meta=blob, **extra)
     return atomic_write(Path(path), buf.getvalue(), overwrite=overwrite)
 
 
@@ -75,6 +84,7 @@ def load_mask(path: str | os.PathLike) -> PersonalMask:
                 raise MaskFileError(f"{p}: not a jaxcloak mask (arrays {sorted(z.files)})")
             delta = np.array(z["delta"])
             meta = json.loads(bytes(z["meta"]).decode())
+            traces = {k[6:]: np.array(z[k]) for k in z.files if k.startswith("trace_")}
     except MaskFileError:
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, UnicodeDecodeError) as e:
@@ -90,4 +100,4 @@ def load_mask(path: str | os.PathLike) -> PersonalMask:
         raise MaskFileError(f"{p}: bad mask array {delta.dtype} {delta.shape}")
     if delta.shape[2] != 3 or not np.all(np.isfinite(delta)):
         raise MaskFileError(f"{p}: bad mask array (shape {delta.shape} or non-finite values)")
-    return PersonalMask(delta, meta)
+    return PersonalMask(delta, meta, traces)

@@ -94,6 +94,10 @@ def test_protect_astronaut_with_defaults(astronaut_file, protected_astronaut, re
     assert manifest["run"]["seed"] == 0 and manifest["run"]["config"]["mode"] == "fixed"
     mask = load_mask(manifest["masks"]["person"])
     assert mask.meta["anchors"]["similar"]["name"] and mask.meta["version"] == 1
+    # Per-step traces are saved with the mask; the real face's cosine went down.
+    steps = manifest["run"]["config"]["steps"]
+    assert mask.traces["loss"].shape == (steps,)
+    assert mask.traces["cos_clean_real"][-1] < mask.traces["cos_clean_real"][0]
 
 
 def test_resume_skips_done_photos(astronaut_file, protected_astronaut, capsys):
@@ -257,3 +261,106 @@ def test_protect_every_face_of_a_group_photo(tmp_path, rec):
         b = cv2.warpAffine(prot, m, (112, 112), flags=cv2.INTER_LINEAR)
         e = embed_faces(rec, np.stack([a, b]))
         assert float(e[0] @ e[1]) < THRESHOLD
+
+
+def test_eval_report_on_protected_output(astronaut_file, protected_astronaut, tmp_path):
+    from jaxcloak.evaluate.dlib_bb import DlibRecognizer
+
+    out, _ = protected_astronaut
+    report_dir = tmp_path / "report"
+    code = main(
+        [
+            "eval",
+            "--clean",
+            str(astronaut_file.parent),
+            "--protected",
+            str(out),
+            "-o",
+            str(report_dir),
+        ]
+    )
+    report = json.loads((report_dir / "report.json").read_text())
+    assert code == 0 and report["problems"] == [] and report["n_faces"] == 1
+    assert report["psr"]["sface"]["psr"] == 1.0  # the white-box result measured in protect
+    if DlibRecognizer.available():
+        # The black-box number is whatever it is; it must be reported, with its distance.
+        assert report["psr"]["dlib"]["psr"] in (0.0, 1.0)
+        assert report["faces"][0]["dlib_distance"] is not None
+    assert report["quality"]["psnr"]["min"] >= 30 and report["quality"]["linf"]["max"] <= 8
+    assert set(report["robustness"]) >= {"jpeg75", "down0.5", "crop90", "gray"}
+    assert len(report["traces"]["person"]["loss"]) == report["run"]["config"]["steps"]
+    for name in ("images", "similarity", "robustness", "traces"):
+        png = Path(report["figures"][name])
+        assert png.stat().st_size > 5000
+        with Image.open(png) as im:
+            assert min(im.size) > 200
+    md = (report_dir / "report.md").read_text()
+    assert "| sface | surrogate | 100% |" in md and "## Robustness" in md
+
+
+def test_eval_reports_bad_files_and_continues(astronaut_file, protected_astronaut, tmp_path):
+    _, manifest = protected_astronaut
+    clean, prot = tmp_path / "clean", tmp_path / "prot"
+    clean.mkdir(), prot.mkdir()
+    (clean / "astronaut.png").write_bytes(astronaut_file.read_bytes())
+    (prot / "astronaut.png").write_bytes(Path(manifest["photos"][0]["output"]).read_bytes())
+    for d in (clean, prot):
+        (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+        Image.fromarray(np.full((80, 80, 3), 200, np.uint8)).save(d / "wall.png")
+    code = main(
+        [
+            "eval",
+            "--clean",
+            str(clean),
+            "--protected",
+            str(prot),
+            "-o",
+            str(tmp_path / "r"),
+            "--transforms",
+            "jpeg75",
+            "--no-dlib",
+        ]
+    )
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert code == 1 and report["n_faces"] == 1
+    problems = "\n".join(report["problems"])
+    assert "broken.jpg" in problems and "wall.png: no face found" in problems
+
+
+def test_eval_identification_against_a_gallery(astronaut_file, protected_astronaut, tmp_path):
+    spec = importlib.util.find_spec("insightface")
+    t1 = Path(spec.origin).parent / "data/images/t1.jpg" if spec and spec.origin else None
+    if t1 is None or not t1.is_file():
+        pytest.skip("insightface's t1.jpg not found: pip install --no-deps insightface")
+    out, _ = protected_astronaut
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    # Genuine: a mirrored astronaut (no second photo of her ships); distractors: t1's 6 people.
+    Image.fromarray(skimage.data.astronaut()[:, ::-1].copy()).save(gallery / "astronaut_2.png")
+    group = np.array(Image.open(t1).convert("RGB"))
+    for j, f in enumerate(detect_faces(group)):
+        x, y, w, h = (int(v) for v in f.box)
+        crop = group[max(0, y - h) : y + 2 * h, max(0, x - w) : x + 2 * w]
+        Image.fromarray(np.ascontiguousarray(crop)).save(gallery / f"t1person{j}_0.png")
+    code = main(
+        [
+            "eval",
+            "--clean",
+            str(astronaut_file.parent),
+            "--protected",
+            str(out),
+            "-o",
+            str(tmp_path / "r"),
+            "--gallery",
+            str(gallery),
+            "--no-dlib",
+            "--transforms",
+            "",
+        ]
+    )
+    ident = json.loads((tmp_path / "r" / "report.json").read_text())["identification"]
+    assert code == 0 and ident["gallery_identities"] == 7
+    # Unprotected, the astronaut is found at rank 1; protected, the result is reported as is.
+    assert ident["sface"]["clean"]["1"] == 0.0
+    assert ident["sface"]["protected"]["1"] in (0.0, 1.0)
+    assert "## Identification" in (tmp_path / "r" / "report.md").read_text()

@@ -34,6 +34,8 @@ FAITHFUL = CloakConfig(
     dodge_weight=0.0,
     resample_jitter=False,
     real_weight=None,
+    realign_jitter=0.0,
+    step_decay=None,
 )
 
 #: jaxcloak's default: all views per step, projected every step, consistent scale.
@@ -41,12 +43,12 @@ FIXED = CloakConfig(mode="fixed")
 
 #: Strength presets of the fixed mode (budget, steps and step size; regions at "high").
 STRENGTHS: dict[str, dict] = {
-    "low": {"eps": 4 / 255, "steps": 15, "step": 1 / 255},
-    "mid": {"eps": 8 / 255, "steps": 20, "step": 1.5 / 255},
+    "low": {"eps": 4 / 255, "steps": 15, "step": 2 / 255},
+    "mid": {"eps": 8 / 255, "steps": 20, "step": 3 / 255},
     "high": {
         "eps": 12 / 255,
         "steps": 40,
-        "step": 1.5 / 255,
+        "step": 3 / 255,
         "stickers": True,
         "region_eps": 24 / 255,
     },

@@ -40,7 +40,7 @@ def afog_attention(
     return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
-def sign_step(learning_rate: float) -> optax.GradientTransformation:
+def sign_step(learning_rate: float | optax.Schedule) -> optax.GradientTransformation:
     """``-lr * sign(g)`` with ``sign(0) = 0`` (``jnp.sign``, like ``torch.sign``)."""
     return optax.sign_sgd(learning_rate)
 

@@ -1,0 +1,2 @@
+"""Evaluation: protection success under several conventions, black-box transfer, image quality,
+robustness, and the report."""
