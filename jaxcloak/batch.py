@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .anchors import IMAGE_SUFFIXES, embed_faces
 from .faces.align import warp_crop
 from .faces.photo import FacePolicy, NoFaceError, NoFacePolicy, Photo, prepare_photo
 from .io.atomic import atomic_write_json
@@ -28,7 +29,6 @@ from .io.images import ImageReadError, read_image, write_image
 from .masks import save_mask
 from .protect import Cloaker, FitResult, apply_mask
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 MANIFEST = "manifest.json"
 
 
@@ -142,12 +142,16 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def output_name(rel: Path, fmt: str | None) -> Path:
+    """``rel`` with the suffix of the chosen output format (unchanged when ``fmt`` is None)."""
+    if not fmt:
+        return rel
+    ext = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "TIFF": ".tif"}.get(fmt.upper())
+    return rel.with_suffix(ext or f".{fmt.lower()}")
+
+
 def _output_path(src: Path, root: Path, outdir: Path, fmt: str | None) -> Path:
-    rel = src.resolve().relative_to(root)
-    if fmt:
-        ext = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "TIFF": ".tif"}.get(fmt.upper())
-        rel = rel.with_suffix(ext or f".{fmt.lower()}")
-    return outdir / rel
+    return outdir / output_name(src.resolve().relative_to(root), fmt)
 
 
 def _common_root(files: Sequence[Path]) -> Path:
@@ -239,11 +243,11 @@ def protect_files(
     assign: dict[tuple[str, int], str] = {}
     extra: dict[str, tuple[np.ndarray, str, np.ndarray]] = {}
     thr = cloaker.recognizer.spec.threshold
-    ref_emb = {n: r.meta["_embedding"] for n, r in fitted.items()}
+    ref_emb = {n: r.embedding for n, r in fitted.items()}
     for group, members in groups.items():
         for f in members:
             photo = photos[str(f)]
-            embs = _embed_crops(cloaker, np.stack([fc.crop for fc in photo.faces]))
+            embs = embed_faces(cloaker.recognizer, np.stack([fc.crop for fc in photo.faces]))
             for j, face in enumerate(photo.faces):
                 ref_id = f"{photo.image.sha256}#{j}"
                 if any(identities[n][1] == ref_id for n in members_of[group]):
@@ -265,8 +269,7 @@ def protect_files(
     mask_files = {}
     for name, res in fitted.items():
         path = outdir / "masks" / f"{name}.mask"
-        meta = {k: v for k, v in res.meta.items() if not k.startswith("_")}
-        save_mask(path, res.delta, {**meta, "identity": name}, traces=res.trace, overwrite=True)
+        save_mask(path, res.delta, {**res.meta, "identity": name}, traces=res.trace, overwrite=True)
         mask_files[name] = str(path)
 
     # 4. Apply, write, verify by reading the written file back.
@@ -321,17 +324,8 @@ def _fit(
         res = cloaker.fit(
             crops[s : s + step], [identities[n][1] for n in sub], [identities[n][2] for n in sub]
         )
-        embs = _embed_crops(cloaker, crops[s : s + step])
-        for n, r, e in zip(names[s : s + step], res, embs, strict=True):
-            r.meta["_embedding"] = e  # kept in memory only, never written (privacy)
-            out[n] = r
+        out.update(zip(sub, res, strict=True))
     return out
-
-
-def _embed_crops(cloaker: Cloaker, crops: np.ndarray) -> np.ndarray:
-    from .anchors import embed_faces
-
-    return embed_faces(cloaker.recognizer, crops)
 
 
 def _face_report(
@@ -340,7 +334,7 @@ def _face_report(
     """Surrogate cosine between each clean face and the same region of the written output."""
     after = np.stack([warp_crop(written, f.transform, f.crop.shape[0]) for f in photo.faces])
     before = np.stack([f.crop for f in photo.faces])
-    emb = _embed_crops(cloaker, np.concatenate([before, after]))
+    emb = embed_faces(cloaker.recognizer, np.concatenate([before, after]))
     n = len(photo.faces)
     cos = np.sum(emb[:n] * emb[n:], axis=1)
     thr = cloaker.recognizer.spec.threshold

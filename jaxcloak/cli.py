@@ -266,7 +266,7 @@ def _make_cloaker(args: argparse.Namespace):
                 "error: --mode faithful needs --far-anchor IMAGE: the reference hard-codes one "
                 "CelebA photo as every user's far anchor (defect D1); pass the photo to use"
             )
-        far = _largest_face(Path(args.far_anchor), args.min_face)
+        far = _chosen_face(Path(args.far_anchor), "largest", args.min_face).faces[0].crop
     pool = user_pool(args.pool) if args.pool else builtin_pool()
     return Cloaker(
         load(args.model),
@@ -280,11 +280,12 @@ def _make_cloaker(args: argparse.Namespace):
     )
 
 
-def _largest_face(path: Path, min_face: float):
+def _chosen_face(path: Path, faces, min_face: float):
+    """The photo with its first chosen face (the largest, unless ``faces`` is an index)."""
     from .faces import prepare_photo
     from .io import read_image
 
-    return prepare_photo(read_image(path), faces="largest", min_face=min_face).faces[0].crop
+    return prepare_photo(read_image(path), faces=faces, min_face=min_face)
 
 
 def _progress(it, desc: str, total: int):
@@ -354,19 +355,11 @@ def _cmd_protect(args: argparse.Namespace) -> int:
 def _cmd_mask_fit(args: argparse.Namespace) -> int:
     from .masks import save_mask
 
-    face = _largest_face(Path(args.photo), args.min_face) if args.faces == "largest" else None
-    if face is None:
-        from .faces import prepare_photo
-        from .io import read_image
-
-        face = prepare_photo(read_image(args.photo), faces=args.faces).faces[0].crop
+    photo = _chosen_face(Path(args.photo), args.faces, args.min_face)
     cloaker = _make_cloaker(args)
-    import hashlib
-
-    ref_id = hashlib.sha256(Path(args.photo).read_bytes()).hexdigest() + "#0"
-    (res,) = cloaker.fit(face[None], [ref_id])
-    meta = {k: v for k, v in res.meta.items() if not k.startswith("_")}
-    out = save_mask(args.output, res.delta, meta, traces=res.trace, overwrite=args.overwrite)
+    face = photo.faces[0]
+    (res,) = cloaker.fit(face.crop[None], [f"{photo.image.sha256}#0"])
+    out = save_mask(args.output, res.delta, res.meta, traces=res.trace, overwrite=args.overwrite)
     print(
         f"wrote {out}: surrogate cosine clean vs masked reference face {res.cos_after:.3f} "
         f"(threshold {cloaker.recognizer.spec.threshold})"
@@ -375,7 +368,7 @@ def _cmd_mask_fit(args: argparse.Namespace) -> int:
 
 
 def _cmd_mask_apply(args: argparse.Namespace) -> int:
-    from .batch import collect_inputs
+    from .batch import collect_inputs, output_name
     from .faces import NoFaceError, prepare_photo
     from .io import ImageReadError, read_image, write_image
     from .masks import MaskFileError, load_mask
@@ -401,9 +394,7 @@ def _cmd_mask_apply(args: argparse.Namespace) -> int:
                 size=mask.size,
             )
             rgb = apply_mask(photo, [mask.delta] * len(photo.faces))
-            out = outdir / f.name
-            if args.format:
-                out = out.with_suffix("." + args.format.lower().replace("jpeg", "jpg"))
+            out = outdir / output_name(Path(f.name), args.format)
             write_image(
                 out, rgb, like=photo.image, format=args.format, quality=args.quality, overwrite=True
             )

@@ -6,21 +6,15 @@ installed scikit-image; nothing is downloaded and nothing third-party ships in t
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 
 from .batch import protect_files
+from .evaluate import metrics
 from .io import read_image, write_image
 from .io.atomic import atomic_write_text
 from .protect import Cloaker
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 images (inf when identical)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 def run_demo(outdir: Path, cloaker: Cloaker, *, evaluate: bool = True) -> int:
@@ -84,7 +78,8 @@ def run_demo(outdir: Path, cloaker: Cloaker, *, evaluate: bool = True) -> int:
     lines += [
         "",
         f"- Largest change of any pixel: {int(np.abs(diff).max())} grey levels "
-        f"(budget {cfg.eps * 255:.0f}); PSNR of the whole photo: {psnr(clean, prot):.1f} dB",
+        f"(budget {cfg.eps * 255:.0f}); "
+        f"PSNR of the whole photo: {metrics.psnr(clean, prot):.1f} dB",
         f"- Pixels changed: {changed.mean() * 100:.1f}% of the photo, all inside the face region",
         f"- Time: fit {s['fit']:.1f} s (compile {s['compile']:.1f} s), apply {s['apply']:.1f} s, "
         f"total {s['total']:.1f} s",

@@ -24,7 +24,6 @@ from .attacks.facecloak import CloakConfig, highpass_for, make_cloak
 from .attacks.views import ViewGenerator
 from .faces.chain import identity_taps, paste_realign_taps
 from .faces.photo import Photo
-from .masks import PersonalMask
 from .nets.registry import FaceRecognizer
 
 #: Identity batch sizes the compiled program is built for; a batch is padded up to the next.
@@ -58,10 +57,8 @@ class FitResult:
     trace: dict[str, np.ndarray]
     anchors: dict[str, Any]
     cos_after: float  # surrogate cosine between the clean and the masked reference crop
+    embedding: np.ndarray  # the clean reference face's surrogate embedding; never written
     meta: dict[str, Any] = field(default_factory=dict)
-
-    def to_mask(self) -> PersonalMask:
-        return PersonalMask(self.delta, self.meta)
 
 
 class Cloaker:
@@ -200,6 +197,7 @@ class Cloaker:
                     trace,
                     anchors[i][2],
                     float(cos_after[i]),
+                    emb[i],
                     meta,
                 )
             )

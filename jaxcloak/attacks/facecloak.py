@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..faces.chain import apply_taps, feather_mask
+from ..faces.chain import apply_taps
+from ..faces.paste import crop_mask
 from ..objectives import facecloak as obj
 from ..optim.attack import afog_attention, project_linf, sign_step
 from ..typing import EmbedFn, Params, PRNGKey
@@ -243,7 +244,7 @@ def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable
     box_budget = obj.budget_map(
         eps_ref, size, boxes=obj.sticker_boxes(size), box_eps=cfg.region_eps * cfg.to_ref
     )
-    feather = jnp.asarray(feather_mask(size))
+    feather = jnp.asarray(crop_mask(size))  # the blend mask paste_back uses
     attention = afog_attention(cfg.lambda_alpha, cfg.std_guard)
     if cfg.mode == "fixed" and cfg.step_decay:
         # Constant-size sign steps keep bouncing around the optimum; a larger first step that

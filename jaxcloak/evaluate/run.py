@@ -27,7 +27,8 @@ from ..io.atomic import atomic_write_json, atomic_write_text
 from ..masks import MaskFileError, load_mask
 from ..nets.registry import FaceRecognizer
 from . import figures, metrics
-from .robustness import TRANSFORMS, apply_transform
+from .dlib_bb import box_iou
+from .robustness import TRANSFORMS, apply_transform, map_box
 
 Progress = Callable[[Iterable, str, int], Iterable]
 
@@ -60,27 +61,11 @@ def pair_files(clean_dir: Path, protected_dir: Path) -> tuple[list[tuple[Path, P
     return pairs, problems
 
 
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ax0, ay0, aw, ah = a
-    bx0, by0, bw, bh = b
-    iw = max(0.0, min(ax0 + aw, bx0 + bw) - max(ax0, bx0))
-    ih = max(0.0, min(ay0 + ah, by0 + bh) - max(ay0, by0))
-    inter = iw * ih
-    return inter / max(aw * ah + bw * bh - inter, 1e-9)
-
-
-def _map_box(box, m: np.ndarray) -> tuple[float, float, float, float]:
-    x, y, w, h = box
-    pts = np.array([[x, y, 1.0], [x + w, y + h, 1.0]]) @ np.asarray(m, np.float64).T
-    (x0, y0), (x1, y1) = pts
-    return (x0, y0, x1 - x0, y1 - y0)
-
-
 def _redetect(rgb: np.ndarray, box, min_iou: float = 0.3):
     """The detected face in ``rgb`` that best overlaps ``box``, or None."""
     best, best_iou = None, min_iou
     for f in detect_faces(rgb):
-        iou = _iou(f.box, box)
+        iou = box_iou(f.box, box)
         if iou > best_iou:
             best, best_iou = f, iou
     return best
@@ -202,7 +187,7 @@ def _evaluate_face(clean_path, prot_path, clean, prot, j, f, models, dlib, trans
     rob = {}
     for t in transforms:
         tp, mt = apply_transform(t, prot)
-        box_t = _map_box(f.box, mt)
+        box_t = map_box(mt, f.box)
         crop_t, det_t = _crop_after(tp, box_t, None)
         entry: dict[str, Any] = {"detected": det_t}
         for name, rec in models.items():

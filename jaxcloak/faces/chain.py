@@ -14,17 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .paste import crop_mask
 
-
-def paste_realign_taps(
-    m: np.ndarray, size: int = 112, *, feather: float = 2.0, erode: int = 2
-) -> tuple[np.ndarray, np.ndarray]:
+def paste_realign_taps(m: np.ndarray, size: int = 112) -> tuple[np.ndarray, np.ndarray]:
     """Taps of paste-then-realign for the photo -> crop matrix ``m`` (from ``align_face``).
 
     Returns:
-      ``(pos, w)``: (4, S, S, 2) float32 crop positions (x, y) and (4, S, S) float32 weights,
-      the feather mask folded into the weights' delta reads via :func:`apply_taps`.
+      ``(pos, w)``: (4, S, S, 2) float32 crop positions (x, y) and (4, S, S) float32 weights;
+      the feather mask is applied to the delta by :func:`apply_taps`.
     """
     m = np.asarray(m, np.float64)
     a_inv = np.linalg.inv(m[:, :2])
@@ -40,7 +36,6 @@ def paste_realign_taps(
         wx = f[..., 0] if dx else 1 - f[..., 0]
         wy = f[..., 1] if dy else 1 - f[..., 1]
         w.append(wx * wy)
-    del feather, erode  # the mask is applied to the delta in apply_taps
     return np.stack(pos).astype(np.float32), np.stack(w).astype(np.float32)
 
 
@@ -62,11 +57,7 @@ def _bilinear(img: jax.Array, pos: jax.Array) -> jax.Array:
 
 
 def apply_taps(delta: jax.Array, pos: jax.Array, w: jax.Array, mask: jax.Array) -> jax.Array:
-    """(S, S, 3) delta after paste (with the (S, S) feather ``mask``) and re-alignment."""
+    """(S, S, 3) delta after paste (with the (S, S) feather ``mask`` of
+    :func:`jaxcloak.faces.crop_mask`) and re-alignment."""
     src = delta * mask[..., None]
     return sum(w[j][..., None] * _bilinear(src, pos[j]) for j in range(pos.shape[0]))
-
-
-def feather_mask(size: int = 112, feather: float = 2.0, erode: int = 2) -> np.ndarray:
-    """The paste-back blend mask (see :func:`jaxcloak.faces.crop_mask`)."""
-    return crop_mask(size, feather, erode)
