@@ -18,6 +18,7 @@ jitted; torch itself is only needed to read ``.pth`` files.
 from __future__ import annotations
 
 import os
+import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +34,13 @@ __all__ = [
     "ARCHS",
     "ConversionError",
     "KeyMapEntry",
+    "arch_key_map",
+    "arch_module",
     "convert_state_dict",
     "iresnet_key_map",
     "key_map",
     "load_checkpoint",
+    "strip_prefix",
 ]
 
 Transform = Callable[[np.ndarray], np.ndarray]
@@ -119,24 +123,51 @@ def key_map(
 
 def iresnet_key_map(variant: str) -> dict[str, KeyMapEntry]:
     """The key map of an arcface_torch IResNet variant (see :mod:`jaxcloak.nets.iresnet`)."""
-    from ..nets import iresnet
-
-    config = iresnet.get_config(variant)
-    _, abstract = iresnet.build(config)
-    fc = iresnet.fc_rows_from_torch(config.widths[3], config.final_side)
-    return key_map(abstract, {"fc.weight": fc})
+    return arch_key_map("iresnet", variant)[0]
 
 
-# arch name -> variant -> (key map, abstract params)
-def _iresnet(variant: str) -> tuple[dict[str, KeyMapEntry], Params]:
-    from ..nets import iresnet
-
-    return iresnet_key_map(variant), iresnet.build(variant)[1]
-
-
-ARCHS: dict[str, Callable[[str], tuple[dict[str, KeyMapEntry], Params]]] = {
-    "iresnet": _iresnet,
+# Architecture name -> the module under ``jaxcloak.nets`` that defines it. Each module provides
+# ``VARIANTS``, ``build(variant) -> (graphdef, abstract params)`` and, when the generic rules
+# are not enough, ``torch_overrides(variant) -> {torch key: transform}``.
+ARCHS: dict[str, str] = {
+    "iresnet": "iresnet",
+    "irse": "irse",
+    "mobilefacenet": "mobilefacenet",
+    "facenet": "facenet",
 }
+
+
+def arch_module(arch: str) -> types.ModuleType:
+    """Import the ``jaxcloak.nets`` module of ``arch`` (raises ConversionError if unknown)."""
+    import importlib
+
+    if arch not in ARCHS:
+        raise ConversionError(f"unknown architecture {arch!r}; known: {sorted(ARCHS)}")
+    return importlib.import_module(f"..nets.{ARCHS[arch]}", __package__)
+
+
+def arch_key_map(arch: str, variant: str) -> tuple[dict[str, KeyMapEntry], Params]:
+    """``(key map, abstract params)`` of one variant of a registered architecture."""
+    module = arch_module(arch)
+    if variant not in module.VARIANTS:
+        raise ConversionError(
+            f"unknown {arch} variant {variant!r}; known: {sorted(module.VARIANTS)}"
+        )
+    _, abstract = module.build(variant)
+    overrides = module.torch_overrides(variant) if hasattr(module, "torch_overrides") else None
+    return key_map(abstract, overrides), abstract
+
+
+def strip_prefix(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Drop a ``module.`` prefix that ``nn.DataParallel`` puts on every key.
+
+    Only when *every* key has it, so a genuine sub-module named ``module`` is never touched.
+    """
+    keys = list(state_dict)
+    prefix = "module."
+    if keys and all(k.startswith(prefix) for k in keys):
+        return {k[len(prefix) :]: v for k, v in state_dict.items()}
+    return dict(state_dict)
 
 
 def _check_keys(state_dict: Mapping[str, np.ndarray], entries: Mapping[str, KeyMapEntry]) -> None:
@@ -163,6 +194,7 @@ def convert_state_dict(
     Args:
       state_dict: torch key -> array (NumPy, or anything ``np.asarray`` accepts).
       arch: a key of :data:`ARCHS`, e.g. ``"iresnet"``.
+        A ``module.`` prefix on every key (``nn.DataParallel``) is dropped first.
       variant: that architecture's variant name, e.g. ``"r50"``.
       dtype: dtype of the returned params.
 
@@ -172,9 +204,8 @@ def convert_state_dict(
     Raises:
       ConversionError: on an unknown arch, or any missing, unused or mis-shaped key (named).
     """
-    if arch not in ARCHS:
-        raise ConversionError(f"unknown architecture {arch!r}; known: {sorted(ARCHS)}")
-    entries, abstract = ARCHS[arch](variant)
+    entries, abstract = arch_key_map(arch, variant)
+    state_dict = strip_prefix(state_dict)
     _check_keys(state_dict, entries)
     by_path = {e.path: name for name, e in entries.items()}
 

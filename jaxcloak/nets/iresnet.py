@@ -41,6 +41,7 @@ __all__ = [
     "fc_rows_from_torch",
     "make_embed",
     "preprocess",
+    "torch_overrides",
 ]
 
 INPUT_SIZE = (112, 112)
@@ -247,3 +248,9 @@ def fc_rows_from_torch(channels: int, side: int) -> Callable[[np.ndarray], np.nd
         return w.transpose(2, 3, 1, 0).reshape(side * side * channels, out)  # (HWC, O)
 
     return transform
+
+
+def torch_overrides(variant: str | IResNetConfig) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """Conversion rules beyond the generic ones: ``fc.weight`` rows to NHWC-flatten order."""
+    config = get_config(variant)
+    return {"fc.weight": fc_rows_from_torch(config.widths[3], config.final_side)}

@@ -16,7 +16,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["BatchNorm", "Conv2d", "Linear", "PReLU"]
+__all__ = ["BatchNorm", "Conv2d", "Linear", "PReLU", "max_pool2d"]
+
+Pair = int | tuple[int, int]
+
+
+def _pair(v: Pair) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
 
 # Full fp32 accuracy on GPU/TPU too (the default would use TF32/bf16 passes); it costs nothing
 # on CPU and keeps the torch-parity tolerances meaningful everywhere.
@@ -29,9 +36,12 @@ class Conv2d(nnx.Module):
     Args:
       in_channels: input channels.
       out_channels: output channels.
-      kernel_size: square kernel side.
-      stride: square stride.
-      padding: symmetric zero padding on each spatial side (torch's integer ``padding``).
+      kernel_size: kernel side, or (height, width) as torch accepts.
+      stride: stride, or (height, width).
+      padding: symmetric zero padding per spatial side, or (height, width) (torch's ``padding``).
+      groups: torch's ``groups``; ``groups == in_channels`` is a depthwise convolution.
+        The HWIO kernel then has ``in_channels // groups`` input channels, exactly as torch's
+        OIHW kernel does.
       bias: whether to add a per-channel bias.
       rngs: key source for the (throwaway) initial weights.
     """
@@ -40,28 +50,36 @@ class Conv2d(nnx.Module):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int,
+        kernel_size: Pair,
         *,
-        stride: int = 1,
-        padding: int = 0,
+        stride: Pair = 1,
+        padding: Pair = 0,
+        groups: int = 1,
         bias: bool = False,
         rngs: nnx.Rngs,
     ) -> None:
-        shape = (kernel_size, kernel_size, in_channels, out_channels)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"Conv2d: channels {in_channels}->{out_channels} not divisible by groups {groups}"
+            )
+        kh, kw = _pair(kernel_size)
+        shape = (kh, kw, in_channels // groups, out_channels)
         self.weight = nnx.Param(jax.nn.initializers.he_normal()(rngs.params(), shape))
         self.bias = nnx.Param(jnp.zeros((out_channels,))) if bias else None
-        self.stride = stride
-        self.padding = padding
+        self.stride = _pair(stride)
+        self.padding = _pair(padding)
+        self.groups = groups
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """(N, H, W, C_in) -> (N, H', W', C_out)."""
-        p = self.padding
+        ph, pw = self.padding
         y = jax.lax.conv_general_dilated(
             x,
             self.weight[...],
-            window_strides=(self.stride, self.stride),
-            padding=((p, p), (p, p)),
+            window_strides=self.stride,
+            padding=((ph, ph), (pw, pw)),
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=self.groups,
             precision=_PRECISION,
         )
         return y if self.bias is None else y + self.bias[...]
@@ -138,3 +156,24 @@ class PReLU(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """(..., C) -> (..., C)."""
         return jnp.where(x >= 0, x, self.weight[...] * x)
+
+
+def max_pool2d(
+    x: jax.Array, kernel_size: Pair, stride: Pair | None = None, padding: Pair = 0
+) -> jax.Array:
+    """``torch.nn.functional.max_pool2d`` (floor mode, no dilation) on NHWC input.
+
+    Padding is with -inf, as in torch, so a padded border never wins the max.
+    ``kernel_size=1`` with a stride is the IR networks' "MaxPool2d(1, s)" subsampling shortcut.
+    """
+    kh, kw = _pair(kernel_size)
+    sh, sw = _pair(stride if stride is not None else kernel_size)
+    ph, pw = _pair(padding)
+    return jax.lax.reduce_window(
+        x,
+        -jnp.inf,
+        jax.lax.max,
+        window_dimensions=(1, kh, kw, 1),
+        window_strides=(1, sh, sw, 1),
+        padding=((0, 0), (ph, ph), (pw, pw), (0, 0)),
+    )
