@@ -573,7 +573,11 @@ def anchor_embeddings(
         raise ValueError(
             f"user_face must be (112, 112, 3) uint8, got {user_face.shape} {user_face.dtype}"
         )
-    thr = recognizer.spec.threshold if same_person_threshold is None else same_person_threshold
+    thr = (
+        recognizer.spec.require_threshold()
+        if same_person_threshold is None
+        else same_person_threshold
+    )
     rule = _canonical_rule(rule)  # fail before any embedding work
     extra = [] if far_anchor_face is None or rule != "faithful" else [far_anchor_face]
     for f in extra:

@@ -242,7 +242,7 @@ def protect_files(
     # 3. Assign every face to an identity (fitting new ones for unmatched faces).
     assign: dict[tuple[str, int], str] = {}
     extra: dict[str, tuple[np.ndarray, str, np.ndarray]] = {}
-    thr = cloaker.recognizer.spec.threshold
+    thr = cloaker.recognizer.spec.require_threshold()
     ref_emb = {n: r.embedding for n, r in fitted.items()}
     for group, members in groups.items():
         for f in members:
@@ -337,7 +337,7 @@ def _face_report(
     emb = embed_faces(cloaker.recognizer, np.concatenate([before, after]))
     n = len(photo.faces)
     cos = np.sum(emb[:n] * emb[n:], axis=1)
-    thr = cloaker.recognizer.spec.threshold
+    thr = cloaker.recognizer.spec.require_threshold()
     return [
         {
             "index": f.index,

@@ -43,7 +43,7 @@ def run_demo(outdir: Path, cloaker: Cloaker, *, evaluate: bool = True) -> int:
     write_image(outdir / "comparison.png", comparison, format="PNG", overwrite=True)
 
     cfg = cloaker.config
-    thr = cloaker.recognizer.spec.threshold
+    thr = cloaker.recognizer.spec.require_threshold()
     faces = rec.faces
     mask_file = next(iter(summary.masks.values()), None)
     s = summary.seconds

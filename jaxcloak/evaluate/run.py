@@ -250,7 +250,7 @@ def _summarise(faces, models, dlib, transforms) -> dict[str, Any]:
     out: dict[str, Any] = {"faces": faces, "n_faces": len(faces)}
     psr: dict[str, Any] = {}
     for name, rec in models.items():
-        thr = rec.spec.threshold
+        thr = rec.spec.require_threshold()
         psr[name] = {
             "threshold": thr,
             "psr": _psr_sface(faces, name, thr),
@@ -281,7 +281,7 @@ def _summarise(faces, models, dlib, transforms) -> dict[str, Any]:
         rows = [r["robustness"][t] for r in faces]
         entry: dict[str, float | None] = {}
         for name, rec in models.items():
-            entry[name] = _psr_sface(rows, name, rec.spec.threshold) if rows else None
+            entry[name] = _psr_sface(rows, name, rec.spec.require_threshold()) if rows else None
         if dlib is not None:
             d = [x.get("dlib_distance") for x in rows if "dlib_distance" in x]
             entry["dlib"] = float(np.mean([v is None or v >= 0.6 for v in d])) if d else None
