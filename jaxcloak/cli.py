@@ -256,7 +256,13 @@ def _add_cloak_args(p: argparse.ArgumentParser) -> None:
         help="robustness: comma list of resize,blur,jpeg applied while optimising",
     )
     g.add_argument("--seed", type=int, default=0, help="PRNG seed (recorded in the manifest)")
-    g.add_argument("--model", default="sface", help="surrogate face model (default sface)")
+    g.add_argument(
+        "--model",
+        default="sface",
+        metavar="M[,M2...]",
+        help="surrogate face model (default sface); a comma list is an ensemble whose cosine is "
+        "the weighted mean of the members' ('sface:2,ir152:1' weights them); see 'models list'",
+    )
     g.add_argument(
         "--pool",
         metavar="DIR",
@@ -302,7 +308,7 @@ def _make_cloaker(args: argparse.Namespace):
     from .anchors import builtin_pool, user_pool
     from .attacks.views import make_view_generator
     from .configs.facecloak import get_config
-    from .nets.registry import load
+    from .nets.ensemble import load_surrogate
     from .protect import Cloaker
 
     overrides = {}
@@ -324,7 +330,7 @@ def _make_cloaker(args: argparse.Namespace):
         far = _chosen_face(Path(args.far_anchor), "largest", args.min_face).faces[0].crop
     pool = user_pool(args.pool) if args.pool else builtin_pool()
     return Cloaker(
-        load(args.model),
+        load_surrogate(args.model),
         config,
         make_view_generator("augment", n_views=args.views),
         pool,
