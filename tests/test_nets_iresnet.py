@@ -138,9 +138,19 @@ def test_whole_net_parity(converted: tuple[str, torch.nn.Module, Any]) -> None:
     _check_whole_net(*converted)
 
 
-def test_whole_net_parity_r50() -> None:
-    net = torch_net("r50")
-    _check_whole_net("r50", net, convert_state_dict(state_dict(net), "iresnet", "r50"))
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "r34",
+        "r50",
+        pytest.param("r100", marks=pytest.mark.slow),
+        pytest.param("r200", marks=pytest.mark.slow),
+    ],
+)
+def test_whole_net_parity_deep(variant: str) -> None:
+    """The released depths (r100/r200 in the slow set; tiny/r18 above cover every layer kind)."""
+    net = torch_net(variant)
+    _check_whole_net(variant, net, convert_state_dict(state_dict(net), "iresnet", variant))
 
 
 def test_fc_rows_follow_torch_nchw_flatten() -> None:
@@ -231,3 +241,28 @@ def test_build_is_abstract_and_matches_init() -> None:
     assert [x.shape for x in jax.tree.leaves(concrete)] == [
         x.shape for x in jax.tree.leaves(tiny_abstract)
     ]
+
+
+def test_onnx_export_path_agrees_with_native_port(tmp_path: Path) -> None:
+    """torch reference -> ONNX -> issue-2 converter gives the native port's embedding."""
+    from reference_nets import export_onnx
+
+    from jaxcloak.convert.onnx import convert
+
+    net = torch_net("r18")
+    onnx_path = export_onnx(net, torch.zeros(1, 3, 112, 112), 17, tmp_path / "r18.onnx", True)
+    apply_fn, onnx_params = convert(onnx_path)
+    x = jnp.asarray(images(seed=2))
+    nchw = jnp.transpose(iresnet.preprocess(x), (0, 3, 1, 2))
+    (via_onnx,) = jax.jit(apply_fn)(onnx_params, nchw)
+    via_onnx = np.asarray(via_onnx, np.float64)
+    via_onnx /= np.linalg.norm(via_onnx, axis=-1, keepdims=True)
+    native = np.asarray(
+        jax.jit(iresnet.make_embed("r18"))(
+            convert_state_dict(state_dict(net), "iresnet", "r18"), x
+        ),
+        np.float64,
+    )
+    cosine = np.sum(via_onnx * native, axis=-1)
+    print(f"\nr18 ONNX path vs native port: min cosine {cosine.min():.9f}")
+    assert cosine.min() >= MIN_COSINE
