@@ -133,3 +133,37 @@ def test_cli_import_list_check(tiny_pth, capsys):
     assert "ok (native" in capsys.readouterr().out
     # Asking to check a native model that was never imported is a failure.
     assert main(["models", "check", "--model", "irse50"]) == 1
+
+
+def test_facenet_import_resizes_aligned_faces_to_160(tmp_path):
+    """A custom-named FaceNet import takes 112 faces and resizes them like torch's bilinear."""
+    from reference_facenet import InceptionResnetV1
+
+    from jaxcloak.nets import facenet
+
+    cfg = facenet.VARIANTS["tiny"]
+    torch.manual_seed(0)
+    net = InceptionResnetV1(repeats=cfg.repeats, num_classes=cfg.num_classes)
+    for m in net.modules():  # He init so the random net does not wash its input out
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    net = randomise_(net, seed=1)
+    path = tmp_path / "fn.pth"
+    torch.save(net.state_dict(), path)
+    registry.import_checkpoint(path, "facenet", variant="tiny", name="fn-tiny")
+    model = registry.load("fn-tiny")
+    assert model.spec.network_size == 160 and model.spec.input_size == (112, 112)
+    x = _faces()
+    ours = np.asarray(jax.jit(model.embed)(model.params, x))
+    with torch.no_grad():
+        up = torch.nn.functional.interpolate(
+            torch.from_numpy(x).permute(0, 3, 1, 2),
+            size=(160, 160),
+            mode="bilinear",
+            align_corners=False,
+        )
+        ref = net((up * 255 - 127.5) / 128).numpy()
+    ref /= np.linalg.norm(ref, axis=-1, keepdims=True)
+    cos = np.sum(ours * ref, axis=-1)
+    assert cos.min() >= 0.99999, cos
+    assert float(ours[0] @ ours[1]) < 0.9999  # the two inputs are told apart

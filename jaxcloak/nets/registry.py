@@ -350,7 +350,8 @@ def import_checkpoint(
     )
     from ..io.atomic import atomic_write, atomic_write_json
 
-    if arch in MODELS:
+    # 'facenet' is both a model and an architecture: with --variant it means the latter.
+    if arch in MODELS and not (arch in ARCHS and variant is not None):
         spec = MODELS[arch]
         if not spec.native:
             raise ConversionError(f"{arch!r} is an ONNX model shipped in a wheel; no import needed")
