@@ -131,6 +131,8 @@ def _check_whole_net(variant: str, net: torch.nn.Module, params: Any) -> None:
     np.testing.assert_allclose(np.linalg.norm(np.asarray(emb), axis=-1), 1.0, rtol=1e-5)
     assert err <= NET_RTOL
     assert cosine.min() >= MIN_COSINE
+    # The two inputs must embed apart, or a net that ignores its input would pass too.
+    assert float(ref_unit[0] @ ref_unit[1]) < 0.9999
 
 
 def test_whole_net_parity(converted: tuple[str, torch.nn.Module, Any]) -> None:
