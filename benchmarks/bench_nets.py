@@ -76,11 +76,12 @@ def _irse(variant: str) -> Callable[[], torch.nn.Module]:
 
         cfg = irse.VARIANTS[variant]
         return Backbone(
-            layers=cfg.layers,
-            widths=cfg.widths,
             mode=cfg.mode,
+            units=cfg.layers,
+            widths=cfg.widths,
             num_features=cfg.num_features,
             input_size=cfg.input_size,
+            normalise=False,
         )
 
     return make
