@@ -1,0 +1,306 @@
+"""MAP's dual-objective fine-tuning of a score network (spec map.md section 4.4), one jitted step.
+
+One step, for a batch of source faces x0 and their DDIM latents x_lat (inverted once with the
+frozen weights):
+
+1. ``x_hat, pullback = jax.vjp(theta -> generate(theta, x_lat))``: the n_train-step DDIM chain
+   as a ``lax.scan`` whose body is rematerialised, so only the step inputs are stored;
+2. image-space cotangents of the identity loss L_A, the expression loss L_E and the quality
+   loss L_Q = lambda_1 L1 + lambda_LS L_LS, each from ``value_and_grad`` w.r.t. x_hat;
+3. the three parameter gradients from **one** backward: ``vmap(pullback)`` over the stacked
+   cotangents (the forward residuals are shared);
+4. the score-matching gradient g_SM (a separate forward/backward of the UNet on noised x0);
+5. the optax chain: projection of (g_A, g_E) (GradVac by default; PCGrad; or none), weighted
+   sum with g_Q and g_SM, then Adam with a staircase-exponential learning rate;
+6. metrics out: every loss term, surrogate cosines, the target-expression probability, global
+   and per-leaf cosine between g_A and g_E, fraction of blocks projected, GradVac's phi_hat.
+
+Everything the step needs besides its state is an argument (FR, expression and frozen
+score-net weights are never baked in as constants); the config is static.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ..diffusion import Schedule, generate, generation_pairs, inversion_pairs, invert, make_seq
+from ..objectives.map import SMOOTHNESS, FaceFrame, dsm_loss, identity_loss, l1_fidelity
+from ..optim.projection import (
+    ProjectionStats,
+    gradvac,
+    init_stats,
+    num_blocks,
+    pcgrad,
+    project_pair,
+)
+from ..typing import EmbedFn, Params
+
+__all__ = [
+    "ExpressionLoss",
+    "MapBatch",
+    "MapConfig",
+    "MapInputs",
+    "MapState",
+    "init_state",
+    "invert_faces",
+    "make_map_step",
+    "make_optimizer",
+    "regenerate",
+]
+
+# expression_loss(expr_params, x_hat, x0, target) -> (loss, probability of the target emotion)
+ExpressionLoss = Callable[[Params, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+
+
+@dataclasses.dataclass(frozen=True)
+class MapConfig:
+    """Static hyperparameters of a MAP run (defaults: the reconstructed paper setting).
+
+    Attributes:
+      t0, n_inv, n_train, n_test: DDIM depth and step counts (DiffAM makeup transfer: 60/20/6/6).
+      lambda_id, lambda_expr: weights of L_A and L_E after projection.
+      lambda_l1, lambda_ls, lambda_sm: weights of L1 fidelity, local smoothness, score matching.
+      smoothness: ``dirichlet`` (default), ``lap_l1`` or ``lap_pyr``.
+      sm_variant: ``dsm`` (noise target) or ``distill`` (frozen-weights target), or ``none``.
+      sm_t_max: draw score-matching t below this (default: all T).
+      projection: ``gradvac`` (default), ``pcgrad`` or ``none`` (plain weighted sum; the
+        conflict statistics are still reported).
+      granularity: projection blocks: ``layer`` (one per leaf), ``global`` or ``module``.
+      beta: GradVac's EMA rate of the target cosine.
+      learning_rate, lr_growth, steps_per_epoch: Adam's rate, multiplied by ``lr_growth`` per
+        epoch (DiffAM's StepLR(1, 1.3) stepped per epoch of ``steps_per_epoch`` images).
+      steps: total optimisation steps.
+      remat: rematerialise each DDIM step when differentiating.
+      margin: face framing of the score network's crop (:class:`FaceFrame`).
+      checkpoint_every: steps between orbax checkpoints in ``map fit`` (0: only at the end).
+    """
+
+    t0: int = 60
+    n_inv: int = 20
+    n_train: int = 6
+    n_test: int = 6
+    lambda_id: float = 0.5
+    lambda_expr: float = 0.5
+    lambda_l1: float = 3.0
+    lambda_ls: float = 1.0
+    lambda_sm: float = 1.0
+    smoothness: str = "dirichlet"
+    sm_variant: str = "dsm"
+    sm_t_max: int | None = None
+    projection: str = "gradvac"
+    granularity: str = "layer"
+    beta: float = 0.01
+    learning_rate: float = 8e-6
+    lr_growth: float = 1.3
+    steps_per_epoch: int = 200
+    steps: int = 800
+    remat: bool = True
+    margin: float = 0.125
+    checkpoint_every: int = 100
+
+    def __post_init__(self) -> None:
+        if self.projection not in ("gradvac", "pcgrad", "none"):
+            raise ValueError(f"projection must be gradvac, pcgrad or none: {self.projection!r}")
+        if self.smoothness not in SMOOTHNESS:
+            raise ValueError(f"smoothness must be one of {sorted(SMOOTHNESS)}")
+        if self.sm_variant not in ("dsm", "distill", "none"):
+            raise ValueError(f"sm_variant must be dsm, distill or none: {self.sm_variant!r}")
+        if self.t0 <= 0 or self.n_train < 2 or self.n_inv < 2 or self.n_test < 2:
+            raise ValueError("need t0 > 0 and at least 2 inversion/train/test steps")
+
+    @property
+    def train_pairs(self) -> tuple[tuple[int, int], ...]:
+        return generation_pairs(*make_seq(self.t0, self.n_train))
+
+    @property
+    def test_pairs(self) -> tuple[tuple[int, int], ...]:
+        return generation_pairs(*make_seq(self.t0, self.n_test))
+
+    @property
+    def inversion_pairs(self) -> tuple[tuple[int, int], ...]:
+        return inversion_pairs(make_seq(self.t0, self.n_inv)[0])
+
+
+class MapState(NamedTuple):
+    """The train step's carry (donated): fine-tuned weights, optimiser state, step, key."""
+
+    params: Params
+    opt_state: optax.OptState
+    step: jax.Array
+    key: jax.Array
+
+
+class MapBatch(NamedTuple):
+    """Source faces x0 and their latents x_lat, (B, S, S, 3) in [-1, 1] / latent space."""
+
+    x0: jax.Array
+    x_lat: jax.Array
+
+
+class MapInputs(NamedTuple):
+    """Per-run arguments that are not optimised (never donated).
+
+    Attributes:
+      fr_params: the (ensemble) recogniser's weights.
+      target: (D,) unit embedding of the target identity.
+      expr_params: the expression model's weights.
+      expr_target: the expression target (class index, or reference features).
+      frozen: the pretrained score-net weights (the ``distill`` teacher), or None.
+    """
+
+    fr_params: Params
+    target: jax.Array
+    expr_params: Params
+    expr_target: jax.Array
+    frozen: Params | None
+
+
+def make_optimizer(config: MapConfig) -> optax.GradientTransformationExtraArgs:
+    """Projection of the stacked task gradients [g_A, g_E, g_Q, g_SM], then Adam."""
+    weights = (config.lambda_id, config.lambda_expr, 1.0, config.lambda_sm)
+    if config.projection == "gradvac":
+        project = gradvac(config.beta, config.granularity, weights=weights)
+    elif config.projection == "pcgrad":
+        project = pcgrad(config.granularity, weights=weights)
+    else:
+        project = _weighted_sum(weights)
+    schedule = optax.exponential_decay(
+        config.learning_rate,
+        transition_steps=config.steps_per_epoch,
+        decay_rate=config.lr_growth,
+        staircase=True,
+    )
+    # DiffAM: Adam(b1 0.9, b2 0.999, eps 1e-8), no weight decay.
+    return optax.chain(project, optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8))
+
+
+class _SumState(NamedTuple):
+    stats: ProjectionStats
+
+
+def _weighted_sum(weights: tuple[float, ...]) -> optax.GradientTransformationExtraArgs:
+    """No projection: ``sum_k w_k g_k``; still measures the g_A/g_E conflict for the logs."""
+
+    def init_fn(params):
+        return _SumState(init_stats(params, num_blocks(params)))
+
+    def update_fn(updates, state, params=None, **extra):
+        del state, params, extra
+        g_a = jax.tree.map(lambda u: u[0], updates)
+        g_e = jax.tree.map(lambda u: u[1], updates)
+        # A target cosine of -1 is never undercut, so nothing is projected: statistics only.
+        _, _, _, stats = project_pair(g_a, g_e, -1.0, update_target=False)
+        w = jnp.asarray(weights, jnp.float32)
+        summed = jax.tree.map(lambda u: jnp.tensordot(w, u, axes=1).astype(u.dtype), updates)
+        return summed, _SumState(stats)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def init_state(params: Params, config: MapConfig, key: jax.Array) -> MapState:
+    """Fresh optimiser state around the pretrained weights."""
+    return MapState(params, make_optimizer(config).init(params), jnp.zeros((), jnp.int32), key)
+
+
+def invert_faces(eps_fn: Callable, config: MapConfig) -> Callable:
+    """``jit(invert)``: ``(params, x0, schedule) -> x_lat`` (precompute with frozen weights)."""
+    pairs = config.inversion_pairs
+    return jax.jit(lambda params, x0, schedule: invert(eps_fn, params, x0, pairs, schedule))
+
+
+def regenerate(eps_fn: Callable, config: MapConfig) -> Callable:
+    """``jit(generate)`` with the test sequence: ``(params, x_lat, schedule) -> x_hat``."""
+    pairs = config.test_pairs
+    return jax.jit(
+        lambda params, x_lat, schedule: generate(eps_fn, params, x_lat, pairs, schedule)
+    )
+
+
+def make_map_step(
+    eps_fn: Callable[[Params, jax.Array, jax.Array], jax.Array],
+    schedule: Schedule,
+    embed: EmbedFn,
+    expression_loss: ExpressionLoss,
+    config: MapConfig,
+) -> Callable[[MapState, MapBatch, MapInputs], tuple[MapState, dict[str, jax.Array]]]:
+    """The jitted train step ``(state, batch, inputs) -> (state, metrics)``, state donated.
+
+    Args:
+      eps_fn: the score network ``eps_fn(params, x, t)`` (NHWC, t float (B,)).
+      schedule: the diffusion schedule.
+      embed: the (ensemble) recogniser's pure ``embed(params, images)``.
+      expression_loss: ``(expr_params, x_hat, x0, target) -> (loss, target probability)``.
+      config: static hyperparameters.
+    """
+    tx = make_optimizer(config)
+    pairs = config.train_pairs
+    smooth = SMOOTHNESS[config.smoothness]
+
+    def step(state: MapState, batch: MapBatch, inputs: MapInputs):
+        frame = FaceFrame(batch.x0.shape[1], config.margin)
+        key, k_sm = jax.random.split(state.key)
+
+        def regen(params):
+            return generate(eps_fn, params, batch.x_lat, pairs, schedule, remat=config.remat)
+
+        x_hat, pullback = jax.vjp(regen, state.params)
+
+        def l_id(x):
+            return identity_loss(embed, inputs.fr_params, x, inputs.target, frame)
+
+        def l_expr(x):
+            return expression_loss(inputs.expr_params, x, batch.x0, inputs.expr_target)
+
+        def l_quality(x):
+            l1 = l1_fidelity(x, batch.x0)
+            ls = smooth(x, batch.x0)
+            return config.lambda_l1 * l1 + config.lambda_ls * ls, (l1, ls)
+
+        (la, cos), c_a = jax.value_and_grad(l_id, has_aux=True)(x_hat)
+        (le, prob), c_e = jax.value_and_grad(l_expr, has_aux=True)(x_hat)
+        (lq, (l1, ls)), c_q = jax.value_and_grad(l_quality, has_aux=True)(x_hat)
+        # One backward for the three tasks: the pullback vmapped over stacked cotangents.
+        (g3,) = jax.vmap(pullback)(jnp.stack([c_a, c_e, c_q]))
+
+        if config.sm_variant == "none" or config.lambda_sm == 0.0:
+            lsm = jnp.zeros(())
+            g_sm = jax.tree.map(jnp.zeros_like, state.params)
+        else:
+            teacher = inputs.frozen if config.sm_variant == "distill" else None
+
+            def l_sm(params):
+                return dsm_loss(
+                    eps_fn, params, batch.x0, k_sm, schedule, t_max=config.sm_t_max, teacher=teacher
+                )
+
+            lsm, g_sm = jax.value_and_grad(l_sm)(state.params)
+
+        stacked = jax.tree.map(lambda g, s: jnp.concatenate([g, s[None]]), g3, g_sm)
+        updates, opt_state = tx.update(stacked, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        stats = opt_state[0].stats
+        metrics = {
+            "loss_id": la,
+            "loss_expr": le,
+            "loss_l1": l1,
+            "loss_smooth": ls,
+            "loss_quality": lq,
+            "loss_sm": lsm,
+            "cos_target": jnp.mean(cos),
+            "p_expression": jnp.mean(prob),
+            "grad_cos_global": stats.cos_global,
+            "grad_cos_leaf": jnp.stack(jax.tree.leaves(stats.cos_leaf)),
+            "frac_projected": stats.frac_projected,
+            "phi_hat_mean": getattr(stats, "phi_hat_mean", jnp.zeros(())),
+            "lr": config.learning_rate
+            * config.lr_growth ** (state.step // config.steps_per_epoch).astype(jnp.float32),
+        }
+        return MapState(params, opt_state, state.step + 1, key), metrics
+
+    return jax.jit(step, donate_argnums=(0,))
