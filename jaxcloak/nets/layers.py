@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["BatchNorm", "Conv2d", "Linear", "PReLU", "max_pool2d"]
+__all__ = ["BatchNorm", "Conv2d", "GroupNorm", "Linear", "PReLU", "max_pool2d"]
 
 Pair = int | tuple[int, int]
 
@@ -177,3 +177,40 @@ def max_pool2d(
         window_strides=(1, sh, sw, 1),
         padding=((0, 0), (ph, ph), (pw, pw), (0, 0)),
     )
+
+
+class GroupNorm(nnx.Module):
+    """``torch.nn.GroupNorm`` (affine) over the last (channel) axis of NHWC input.
+
+    Per sample and group, mean and biased variance over every non-batch axis of the group's
+    channels (H, W and C/G for images), as torch does; statistics and normalisation run in
+    float32 whatever the input dtype (torch's CPU/GPU kernels accumulate in float32 too) and the
+    result is cast back to the input dtype.
+
+    Args:
+      num_groups: G; must divide ``num_channels``.
+      num_channels: C (the last axis of the input).
+      eps: added to the variance; torch's default 1e-5 (the DDPM UNet uses 1e-6).
+      rngs: unused; accepted so every layer has the same constructor shape.
+    """
+
+    def __init__(
+        self, num_groups: int, num_channels: int, *, eps: float = 1e-5, rngs: nnx.Rngs | None = None
+    ) -> None:
+        del rngs
+        if num_channels % num_groups:
+            raise ValueError(f"GroupNorm: {num_channels} channels not divisible by {num_groups}")
+        self.weight = nnx.Param(jnp.ones((num_channels,)))
+        self.bias = nnx.Param(jnp.zeros((num_channels,)))
+        self.num_groups = num_groups
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """(N, ..., C) -> (N, ..., C)."""
+        n, c, g = x.shape[0], x.shape[-1], self.num_groups
+        xf = x.astype(jnp.float32).reshape(n, -1, g, c // g)  # (N, S, G, C/G)
+        mean = jnp.mean(xf, axis=(1, 3), keepdims=True)
+        centred = xf - mean
+        var = jnp.mean(jnp.square(centred), axis=(1, 3), keepdims=True)
+        y = (centred * jax.lax.rsqrt(var + self.eps)).reshape(x.shape)
+        return (y * self.weight[...] + self.bias[...]).astype(x.dtype)
