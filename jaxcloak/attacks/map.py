@@ -77,6 +77,10 @@ class MapConfig:
         epoch (DiffAM's StepLR(1, 1.3) stepped per epoch of ``steps_per_epoch`` images).
       steps: total optimisation steps.
       remat: rematerialise each DDIM step when differentiating.
+      unroll: unroll the short DDIM scans (XLA:CPU runs convolutions inside while loops about
+        20x slower; see :func:`jaxcloak.diffusion.generate`); remat still applies per step.
+      batched_backward: the three task gradients from ``vmap(pullback)`` (one batched
+        backward) rather than three pullback calls; same values.
       margin: face framing of the score network's crop (:class:`FaceFrame`).
       checkpoint_every: steps between orbax checkpoints in ``map fit`` (0: only at the end).
     """
@@ -101,6 +105,8 @@ class MapConfig:
     steps_per_epoch: int = 200
     steps: int = 800
     remat: bool = True
+    unroll: bool = True
+    batched_backward: bool = True
     margin: float = 0.125
     checkpoint_every: int = 100
 
@@ -211,15 +217,17 @@ def init_state(params: Params, config: MapConfig, key: jax.Array) -> MapState:
 def invert_faces(eps_fn: Callable, config: MapConfig) -> Callable:
     """``jit(invert)``: ``(params, x0, schedule) -> x_lat`` (precompute with frozen weights)."""
     pairs = config.inversion_pairs
-    return jax.jit(lambda params, x0, schedule: invert(eps_fn, params, x0, pairs, schedule))
+    return jax.jit(
+        lambda params, x0, schedule: invert(
+            eps_fn, params, x0, pairs, schedule, unroll=config.unroll
+        )
+    )
 
 
 def regenerate(eps_fn: Callable, config: MapConfig) -> Callable:
     """``jit(generate)`` with the test sequence: ``(params, x_lat, schedule) -> x_hat``."""
     pairs = config.test_pairs
-    return jax.jit(
-        lambda params, x_lat, schedule: generate(eps_fn, params, x_lat, pairs, schedule)
-    )
+    return jax.jit(lambda params, x_lat, schedule: generate(eps_fn, params, x_lat, pairs, schedule))
 
 
 def make_map_step(
@@ -247,7 +255,15 @@ def make_map_step(
         key, k_sm = jax.random.split(state.key)
 
         def regen(params):
-            return generate(eps_fn, params, batch.x_lat, pairs, schedule, remat=config.remat)
+            return generate(
+                eps_fn,
+                params,
+                batch.x_lat,
+                pairs,
+                schedule,
+                remat=config.remat,
+                unroll=config.unroll,
+            )
 
         x_hat, pullback = jax.vjp(regen, state.params)
 
@@ -265,8 +281,13 @@ def make_map_step(
         (la, cos), c_a = jax.value_and_grad(l_id, has_aux=True)(x_hat)
         (le, prob), c_e = jax.value_and_grad(l_expr, has_aux=True)(x_hat)
         (lq, (l1, ls)), c_q = jax.value_and_grad(l_quality, has_aux=True)(x_hat)
-        # One backward for the three tasks: the pullback vmapped over stacked cotangents.
-        (g3,) = jax.vmap(pullback)(jnp.stack([c_a, c_e, c_q]))
+        cots = jnp.stack([c_a, c_e, c_q])
+        if config.batched_backward:
+            # One backward for the three tasks: the pullback vmapped over stacked cotangents.
+            (g3,) = jax.vmap(pullback)(cots)
+        else:
+            # Three backwards through the same stored forward, stacked afterwards.
+            g3 = jax.tree.map(lambda *g: jnp.stack(g), *(pullback(c)[0] for c in cots))
 
         if config.sm_variant == "none" or config.lambda_sm == 0.0:
             lsm = jnp.zeros(())

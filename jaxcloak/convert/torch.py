@@ -224,7 +224,8 @@ def convert_state_dict(
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Read a state dict as name -> float32 NumPy array.
 
-    ``.pth``/``.pt`` need torch and are read with ``weights_only=True`` (no pickle code runs);
+    ``.pth``/``.pt``/``.ckpt``/``.bin`` need torch and are read with ``weights_only=True`` (no
+    pickle code runs); a Lightning-style ``{"state_dict": {...}}`` wrapper is unwrapped;
     ``.safetensors`` needs the ``safetensors`` package; ``.npz`` needs nothing extra.
 
     Args:
@@ -236,12 +237,14 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix in (".pth", ".pt"):
+    if suffix in (".pth", ".pt", ".ckpt", ".bin"):
         try:
             import torch
         except ImportError:
             raise ConversionError(f"{path}: reading .pth needs torch; or export to .npz") from None
         obj = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+            obj = obj["state_dict"]
         if not isinstance(obj, Mapping) or not all(
             isinstance(v, torch.Tensor) for v in obj.values()
         ):
