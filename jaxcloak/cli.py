@@ -474,7 +474,7 @@ def _map_config(args: argparse.Namespace):
 
 
 def _run_map_cli(args: argparse.Namespace, photos: list[Path], run_dir: Path) -> int:
-    from .map_run import load_score_net, run_map
+    from .map_run import load_score_net
     from .nets.ensemble import load_surrogate
 
     if not args.target:
@@ -487,7 +487,22 @@ def _run_map_cli(args: argparse.Namespace, photos: list[Path], run_dir: Path) ->
             "is untrained (the fine-tuning is real, photorealism is not).",
             flush=True,
         )
-    result = run_map(
+    from .convert.onnx.errors import ConversionError
+    from .faces.photo import NoFaceError
+    from .io import ImageReadError
+
+    try:
+        result = _run_map_call(args, photos, run_dir, config, score, load_surrogate)
+    except (ImageReadError, NoFaceError, ConversionError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return _print_map_result(args, result, run_dir)
+
+
+def _run_map_call(args, photos, run_dir, config, score, load_surrogate):
+    from .map_run import run_map
+
+    return run_map(
         photos,
         Path(args.target),
         run_dir,
@@ -502,6 +517,9 @@ def _run_map_cli(args: argparse.Namespace, photos: list[Path], run_dir: Path) ->
         progress=_progress,
         out_format=args.format,
     )
+
+
+def _print_map_result(args: argparse.Namespace, result: dict, run_dir: Path) -> int:
     thr = result["threshold"]
     for r in result["faces"]:
         if "error" in r:
