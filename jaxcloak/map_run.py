@@ -100,7 +100,10 @@ def embedded_score_net(variant: str | None = None, *, seed: int = 0) -> ScoreNet
     # Zero output conv: eps = 0 until fine-tuning, so invert -> generate is the identity.
     params["conv_out"]["weight"] = jnp.zeros_like(params["conv_out"]["weight"])
     params["conv_out"]["bias"] = jnp.zeros_like(params["conv_out"]["bias"])
-    source = f"embedded {variant} DDPM UNet, seed {seed}, untrained (zero output)"
+    source = (
+        f"jaxcloak embedded score network ({variant} DDPM UNet, seed {seed}; untrained, "
+        "zero output layer)"
+    )
     return ScoreNet(ddpm_unet.make_score(config), params, config, source, False)
 
 
