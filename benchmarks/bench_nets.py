@@ -49,6 +49,10 @@ class Net:
     side: int
     mean: float = 127.5
     std: float = 127.5
+    # He-initialised convs: FaceNet's default torch init washes the input out (every image
+    # embeds alike); the IR nets must keep torch's default, or 50 un-normalised residual
+    # additions blow activations up until float32 rounding decides the embedding.
+    he_init: bool = False
 
 
 def _iresnet(variant: str) -> Callable[[], torch.nn.Module]:
@@ -105,7 +109,7 @@ NETS: dict[str, Net] = {
     "ir152": Net("irse", "ir152", _irse("ir152"), 112),
     "irse50": Net("irse", "irse50", _irse("irse50"), 112),
     "mobile_face": Net("mobilefacenet", "mobilefacenet", _mobilefacenet, 112),
-    "facenet": Net("facenet", "vggface2", _facenet, 160, std=128.0),
+    "facenet": Net("facenet", "vggface2", _facenet, 160, std=128.0, he_init=True),
 }
 DEFAULT_NETS = ("r50", "ir152", "irse50", "mobile_face", "facenet")
 
@@ -116,8 +120,8 @@ def _torch_model(net: Net, seed: int) -> torch.nn.Module:
 
     torch.manual_seed(seed)
     model = net.make_torch()
-    for m in model.modules():  # He init keeps activations alive through deep nets
-        if isinstance(m, torch.nn.Conv2d):
+    for m in model.modules():
+        if net.he_init and isinstance(m, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
     model = randomise_(model, seed=seed + 1)
     for p in model.parameters():
