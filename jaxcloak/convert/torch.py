@@ -37,6 +37,7 @@ __all__ = [
     "arch_key_map",
     "arch_module",
     "convert_state_dict",
+    "fill_params",
     "iresnet_key_map",
     "key_map",
     "load_checkpoint",
@@ -205,15 +206,31 @@ def convert_state_dict(
       ConversionError: on an unknown arch, or any missing, unused or mis-shaped key (named).
     """
     entries, abstract = arch_key_map(arch, variant)
-    state_dict = strip_prefix(state_dict)
+    return fill_params(strip_prefix(state_dict), entries, abstract, dtype=dtype)
+
+
+def fill_params(
+    state_dict: Mapping[str, np.ndarray],
+    entries: Mapping[str, KeyMapEntry],
+    abstract: Params,
+    *,
+    dtype: jnp.dtype = jnp.float32,
+) -> Params:
+    """Check ``state_dict`` against a key map (raising, naming keys) and build the params.
+
+    Args:
+      state_dict: torch key -> array, prefixes already stripped.
+      entries: the key map (torch key -> :class:`KeyMapEntry`) of ``abstract``.
+      abstract: the abstract NNX state to fill.
+      dtype: dtype of the returned params.
+    """
     _check_keys(state_dict, entries)
     by_path = {e.path: name for name, e in entries.items()}
 
     def fill(keypath: tuple, leaf: jax.ShapeDtypeStruct) -> jax.Array:
         path = tuple(getattr(k, "key", getattr(k, "name", None)) for k in keypath)
         name = by_path[path[:-1] if path[-1] == "value" else path]
-        entry = entries[name]
-        arr = entry.transform(np.asarray(state_dict[name], dtype=np.float32))
+        arr = entries[name].transform(np.asarray(state_dict[name], dtype=np.float32))
         if arr.shape != tuple(leaf.shape):  # a transform bug, not a checkpoint problem
             raise ConversionError(f"key {name!r} transformed to {arr.shape}, expected {leaf.shape}")
         return jnp.asarray(np.ascontiguousarray(arr), dtype=dtype)

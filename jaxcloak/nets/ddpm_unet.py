@@ -52,7 +52,7 @@ from flax import nnx
 from ..convert.torch import (
     ConversionError,
     KeyMapEntry,
-    _check_keys,
+    fill_params,
     key_map,
     load_checkpoint,
     strip_prefix,
@@ -520,27 +520,6 @@ def make_score(variant: str | DDPMConfig) -> ScoreFn:
 # ---------------------------------------------------------------------------------------------
 
 
-def _fill(
-    state_dict: Mapping[str, Any],
-    entries: Mapping[str, KeyMapEntry],
-    abstract: Params,
-    dtype: jnp.dtype,
-) -> Params:
-    """Check ``state_dict`` against ``entries`` (raising on any problem) and build the params."""
-    _check_keys(state_dict, entries)
-    by_path = {e.path: name for name, e in entries.items()}
-
-    def fill(keypath: tuple, leaf: jax.ShapeDtypeStruct) -> jax.Array:
-        path = tuple(getattr(k, "key", getattr(k, "name", None)) for k in keypath)
-        name = by_path[path[:-1] if path[-1] == "value" else path]
-        arr = entries[name].transform(np.asarray(state_dict[name], dtype=np.float32))
-        if arr.shape != tuple(leaf.shape):  # a transform bug, not a checkpoint problem
-            raise ConversionError(f"key {name!r} transformed to {arr.shape}, expected {leaf.shape}")
-        return jnp.asarray(np.ascontiguousarray(arr), dtype=dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, abstract)
-
-
 def convert_ddpm_state_dict(
     state_dict: Mapping[str, Any], variant: str | DDPMConfig, *, dtype: jnp.dtype = jnp.float32
 ) -> Params:
@@ -561,7 +540,7 @@ def convert_ddpm_state_dict(
       ConversionError: naming every missing, unused or mis-shaped key.
     """
     _, abstract = build(variant)
-    return _fill(strip_prefix(state_dict), key_map(abstract), abstract, dtype)
+    return fill_params(strip_prefix(state_dict), key_map(abstract), abstract, dtype=dtype)
 
 
 _RESNET_NAMES = {"temb_proj": "time_emb_proj", "nin_shortcut": "conv_shortcut"}
@@ -666,7 +645,7 @@ def convert_diffusers_state_dict(
     config = get_config(variant)
     _, abstract = build(config)
     entries = _diffusers_entries(abstract, config.num_levels)
-    return _fill(_undeprecate(strip_prefix(state_dict)), entries, abstract, dtype)
+    return fill_params(_undeprecate(strip_prefix(state_dict)), entries, abstract, dtype=dtype)
 
 
 def config_from_diffusers(cfg: Mapping[str, Any]) -> DDPMConfig:

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ..typing import Embedding, EmbedFn, Image, Params
-from .layers import BatchNorm, Conv2d, Linear, Pair, max_pool2d
+from .layers import BatchNorm, Conv2d, Linear, Pair, max_pool2d, unit_rows
 
 __all__ = [
     "INPUT_SIZE",
@@ -390,7 +390,7 @@ def make_embed(variant: str | FaceNetConfig) -> EmbedFn:
     def embed(params: Params, images: Image) -> Embedding:
         raw = nnx.merge(graphdef, params)(preprocess(images, config.input_size))
         # F.normalize's floor: an all-zero embedding stays finite and differentiable.
-        return raw / jnp.maximum(jnp.linalg.norm(raw, axis=-1, keepdims=True), 1e-12)
+        return unit_rows(raw)
 
     return embed
 

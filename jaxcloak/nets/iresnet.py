@@ -24,12 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from ..typing import Embedding, EmbedFn, Image, Params
-from .layers import BatchNorm, Conv2d, Linear, PReLU
+from .layers import BatchNorm, Conv2d, Linear, PReLU, unit_rows
 
 __all__ = [
     "INPUT_SIZE",
@@ -228,8 +227,7 @@ def make_embed(variant: str | IResNetConfig) -> EmbedFn:
 
     def embed(params: Params, images: Image) -> Embedding:
         raw = nnx.merge(graphdef, params)(preprocess(images, config.input_size))
-        # Floor the norm so an all-zero embedding stays finite and differentiable.
-        return raw / jnp.maximum(jnp.linalg.norm(raw, axis=-1, keepdims=True), 1e-12)
+        return unit_rows(raw)
 
     return embed
 

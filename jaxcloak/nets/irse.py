@@ -40,7 +40,7 @@ from flax import nnx
 
 from ..typing import Embedding, EmbedFn, Image, Params
 from .iresnet import fc_rows_from_torch
-from .layers import BatchNorm, Conv2d, Linear, PReLU, max_pool2d
+from .layers import BatchNorm, Conv2d, Linear, PReLU, max_pool2d, unit_rows
 
 __all__ = [
     "INPUT_SIZE",
@@ -317,8 +317,7 @@ def make_embed(variant: str | IRSEConfig) -> EmbedFn:
 
     def embed(params: Params, images: Image) -> Embedding:
         raw = nnx.merge(graphdef, params)(preprocess(images, config.input_size))
-        # Floor the norm so an all-zero embedding stays finite and differentiable.
-        return raw / jnp.maximum(jnp.linalg.norm(raw, axis=-1, keepdims=True), 1e-12)
+        return unit_rows(raw)
 
     return embed
 

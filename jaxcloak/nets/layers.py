@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["BatchNorm", "Conv2d", "GroupNorm", "Linear", "PReLU", "max_pool2d"]
+__all__ = ["BatchNorm", "Conv2d", "GroupNorm", "Linear", "PReLU", "max_pool2d", "unit_rows"]
 
 Pair = int | tuple[int, int]
 
@@ -214,3 +214,9 @@ class GroupNorm(nnx.Module):
         var = jnp.mean(jnp.square(centred), axis=(1, 3), keepdims=True)
         y = (centred * jax.lax.rsqrt(var + self.eps)).reshape(x.shape)
         return (y * self.weight[...] + self.bias[...]).astype(x.dtype)
+
+
+def unit_rows(raw: jax.Array) -> jax.Array:
+    """L2-normalise the last axis; the norm is floored at 1e-12 so an all-zero embedding
+    stays finite and differentiable (every recogniser's ``embed`` ends with this)."""
+    return raw / jnp.maximum(jnp.linalg.norm(raw, axis=-1, keepdims=True), 1e-12)

@@ -33,11 +33,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from ..typing import Embedding, EmbedFn, Image, Params
-from .layers import BatchNorm, Conv2d, Linear, PReLU
+from .layers import BatchNorm, Conv2d, Linear, PReLU, unit_rows
 
 __all__ = [
     "INPUT_SIZE",
@@ -353,7 +352,6 @@ def make_embed(variant: str | MobileFaceNetConfig) -> EmbedFn:
 
     def embed(params: Params, images: Image) -> Embedding:
         raw = nnx.merge(graphdef, params)(preprocess(images, config.input_size))
-        # Floor the norm so an all-zero embedding stays finite and differentiable.
-        return raw / jnp.maximum(jnp.linalg.norm(raw, axis=-1, keepdims=True), 1e-12)
+        return unit_rows(raw)
 
     return embed

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..typing import Embedding, EmbedFn, Image, Params
+from .layers import unit_rows
 
 
 @dataclass(frozen=True)
@@ -267,8 +268,7 @@ def _make_embed(spec: FaceModelSpec, apply_fn: Callable) -> EmbedFn:
         """(N, H, W, 3) RGB [0, 1] aligned faces -> (N, D) unit-norm embeddings."""
         (raw,) = apply_fn(params, spec.to_network_input(images))
         raw = raw.reshape(raw.shape[0], -1)
-        # Normalise with a floor so a zero embedding stays finite (and differentiable).
-        return raw / jnp.maximum(jnp.linalg.norm(raw, axis=-1, keepdims=True), 1e-12)
+        return unit_rows(raw)
 
     return embed
 
