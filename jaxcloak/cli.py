@@ -398,7 +398,7 @@ def _cmd_protect(args: argparse.Namespace) -> int:
         return 1
     outdir = Path(args.output)
     if args.method == "map":
-        return max(_run_map_cli(args, files, outdir), 1 if errors else 0)
+        return max(_run_map_cli(args, files, outdir, evaluate=not args.no_eval), 1 if errors else 0)
     summary = protect_files(
         files,
         outdir,
@@ -457,6 +457,12 @@ def _add_map_args(p: argparse.ArgumentParser) -> None:
         help="gradient projection between identity and expression (default gradvac)",
     )
     g.add_argument("--t0", type=int, help="DDIM inversion depth (default 60)")
+    g.add_argument(
+        "--no-eval",
+        action="store_true",
+        help="protect --method map: skip the evaluation report (OUTDIR/eval: dodging and "
+        "impersonation rates for SFace and the dlib black box, quality, robustness)",
+    )
 
 
 def _map_config(args: argparse.Namespace):
@@ -473,7 +479,9 @@ def _map_config(args: argparse.Namespace):
     return get_config(preset, **overrides)
 
 
-def _run_map_cli(args: argparse.Namespace, photos: list[Path], run_dir: Path) -> int:
+def _run_map_cli(
+    args: argparse.Namespace, photos: list[Path], run_dir: Path, *, evaluate: bool = False
+) -> int:
     from .map_run import load_score_net
     from .nets.ensemble import load_surrogate
 
@@ -496,7 +504,19 @@ def _run_map_cli(args: argparse.Namespace, photos: list[Path], run_dir: Path) ->
     except (ImageReadError, NoFaceError, ConversionError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    return _print_map_result(args, result, run_dir)
+    rc = _print_map_result(args, result, run_dir)
+    pairs = [(Path(r["photo"]), Path(r["output"])) for r in result["faces"] if "error" not in r]
+    if evaluate and pairs:
+        print("evaluating the protected photos (issue-5 report, with the target)...", flush=True)
+        report = run_eval(
+            None,
+            run_dir / "protected",
+            run_dir / "eval",
+            pairs=pairs,
+            target=Path(args.target),
+        )
+        rc = max(rc, 1 if report["n_faces"] == 0 else 0)
+    return rc
 
 
 def _run_map_call(args, photos, run_dir, config, score, load_surrogate):
@@ -630,7 +650,7 @@ def _dlib_or_none(enabled: bool):
 
 
 def run_eval(
-    clean: Path,
+    clean: Path | None,
     protected: Path,
     outdir: Path,
     *,
@@ -638,6 +658,8 @@ def run_eval(
     dlib=True,
     transforms=None,
     gallery: Path | None = None,
+    pairs=None,
+    target: Path | None = None,
 ) -> dict:
     """Evaluate and print the five-line summary (shared by `eval` and `protect --demo`)."""
     from .evaluate.robustness import TRANSFORMS
@@ -653,6 +675,8 @@ def run_eval(
         transforms=list(TRANSFORMS) if transforms is None else transforms,
         gallery=gallery,
         progress=_progress,
+        pairs=pairs,
+        target=target,
     )
     for line in summary_lines(report):
         print(line)

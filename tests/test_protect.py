@@ -364,3 +364,41 @@ def test_eval_identification_against_a_gallery(astronaut_file, protected_astrona
     assert ident["sface"]["clean"]["1"] == 0.0
     assert ident["sface"]["protected"]["1"] in (0.0, 1.0)
     assert "## Identification" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_eval_explicit_pairs_and_impersonation_target(astronaut_file, tmp_path, rec):
+    """MAP's report path: files listed rather than matched by folder, and a target identity."""
+    from jaxcloak.evaluate.run import evaluate, render_markdown, summary_lines
+
+    spec = importlib.util.find_spec("insightface")
+    hanks = Path(spec.origin).parent / "data/images/Tom_Hanks_54745.png" if spec else None
+    if hanks is None or not hanks.is_file():
+        pytest.skip("Tom_Hanks_54745.png not found: pip install --no-deps insightface")
+    prot = tmp_path / "elsewhere" / "renamed.png"
+    prot.parent.mkdir()
+    prot.write_bytes(astronaut_file.read_bytes())  # "protected" = unchanged: a known answer
+    mirrored = tmp_path / "astronaut_mirrored.png"
+    Image.fromarray(skimage.data.astronaut()[:, ::-1].copy()).save(mirrored)
+    kw = dict(dlib=None, transforms=[], pairs=[(astronaut_file, prot)], figures_on=False)
+    same = evaluate(None, prot.parent, tmp_path / "r1", [rec], target=mirrored, **kw)
+    other = evaluate(None, prot.parent, tmp_path / "r2", [rec], target=hanks, **kw)
+    assert same["n_faces"] == other["n_faces"] == 1 and same["problems"] == []
+    # Her own mirrored photo as the target: recognised, clean and "protected" alike.
+    face = same["faces"][0]
+    assert face["sface_cos_target"] == pytest.approx(face["sface_cos_target_clean"], abs=1e-6)
+    assert face["sface_cos_target"] > 0.363
+    assert same["impersonation"]["sface"]["protected"] == 1.0
+    # Someone else as the target: not recognised as him.
+    assert other["faces"][0]["sface_cos_target"] < 0.363
+    assert other["impersonation"]["sface"] == {
+        "protected": 0.0,
+        "clean": 0.0,
+        "threshold": 0.363,
+        "rule": "cosine to the target >= 0.363",
+    }
+    assert "## Impersonation" in render_markdown(other)
+    assert summary_lines(other)[-1].startswith("recognised as the target: sface 0%")
+    with pytest.raises(ValueError, match="no face found in the target"):
+        wall = tmp_path / "wall.png"
+        Image.fromarray(np.full((80, 80, 3), 200, np.uint8)).save(wall)
+        evaluate(None, prot.parent, tmp_path / "r3", [rec], target=wall, **kw)

@@ -90,6 +90,8 @@ def evaluate(
     gallery: Path | None = None,
     progress: Progress | None = None,
     figures_on: bool = True,
+    pairs: Sequence[tuple[Path, Path]] | None = None,
+    target: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate every (clean, protected) photo pair; write report.json, report.md and figures.
 
@@ -103,15 +105,24 @@ def evaluate(
         for closed-set identification: top-1/top-5 PSR of the protected faces, with the clean
         faces' rates as the baseline. Probe identities come from the clean photos' names the
         same way.
+      pairs: explicit ``(clean, protected)`` files instead of matching the two folders by name
+        (``protect --method map`` writes one flat folder for photos from anywhere).
+      target: photo of an impersonation target (MAP): each protected face's similarity to the
+        target's largest face is reported, and the impersonation success rate (surrogate
+        cosine at or above its threshold; dlib distance below 0.6) next to the clean rate.
     """
     t0 = time.perf_counter()
     wrap = progress or (lambda it, desc, total: it)
     outdir.mkdir(parents=True, exist_ok=True)
-    pairs, problems = pair_files(clean_dir, protected_dir)
+    if pairs is None:
+        pairs, problems = pair_files(clean_dir, protected_dir)
+    else:
+        pairs, problems = list(pairs), []
+    models = {r.spec.name: r for r in recognizers}
+    targets = _target_embeddings(target, models, dlib) if target is not None else None
     faces: list[dict[str, Any]] = []
     probes: list[tuple[str, str, np.ndarray, np.ndarray]] = []  # (id, file, clean, protected)
     grid_rows = []
-    models = {r.spec.name: r for r in recognizers}
     for clean_path, prot_path in wrap(pairs, "evaluating", len(pairs)):
         try:
             clean, prot = read_image(clean_path), read_image(prot_path)
@@ -133,15 +144,20 @@ def evaluate(
             row, crop_c, crop_p = _evaluate_face(
                 clean_path, prot_path, clean.rgb, prot.rgb, j, f, models, dlib, transforms
             )
+            if targets is not None:
+                row.update(_target_scores(targets, models, dlib, crop_c, crop_p, clean, prot, f))
             faces.append(row)
-            probes.append((_identity_of(clean_path, clean_dir), clean_path.name, crop_c, crop_p))
+            root = clean_dir if clean_dir is not None else clean_path.parent
+            probes.append((_identity_of(clean_path, root), clean_path.name, crop_c, crop_p))
 
     report = _summarise(faces, models, dlib, transforms)
+    if targets is not None:
+        report["impersonation"] = _impersonation(faces, models, dlib, target)
     if gallery is not None:
         report["identification"] = _identification(gallery, probes, models, problems)
     report.update(
         jaxcloak=__version__,
-        clean=str(clean_dir),
+        clean=str(clean_dir) if clean_dir is not None else "(listed photos)",
         protected=str(protected_dir),
         problems=problems,
         seconds=round(time.perf_counter() - t0, 2),
@@ -200,6 +216,57 @@ def _evaluate_face(clean_path, prot_path, clean, prot, j, f, models, dlib, trans
         rob[t] = entry
     row["robustness"] = rob
     return row, crop_c, crop_p
+
+
+def _target_embeddings(target: Path, models, dlib) -> dict[str, Any]:
+    """The target's largest face: one unit embedding per surrogate and its dlib descriptor."""
+    rgb = read_image(target).rgb
+    found = detect_faces(rgb)
+    if len(found) == 0:
+        raise ValueError(f"{target}: no face found in the target photo")
+    f = max(found, key=lambda d: d.box[2] * d.box[3])
+    crop, _ = align_face(rgb, f.landmarks)
+    out: dict[str, Any] = {n: embed_faces(r, crop[None])[0] for n, r in models.items()}
+    out["dlib"] = dlib.describe_near(rgb, f.box) if dlib is not None else None
+    return out
+
+
+def _target_scores(targets, models, dlib, crop_c, crop_p, clean, prot, f) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for name, rec in models.items():
+        e = embed_faces(rec, np.stack([crop_c, crop_p])) @ targets[name]
+        row[f"{name}_cos_target_clean"], row[f"{name}_cos_target"] = float(e[0]), float(e[1])
+    if dlib is not None and targets["dlib"] is not None:
+        for key, rgb in (("dlib_distance_target_clean", clean), ("dlib_distance_target", prot)):
+            d = dlib.describe_near(rgb, f.box)
+            row[key] = None if d is None else float(dlib.distance(d, targets["dlib"]))
+    return row
+
+
+def _impersonation(faces, models, dlib, target: Path) -> dict[str, Any]:
+    """Share of faces recognised as the target, protected and (baseline) clean."""
+    out: dict[str, Any] = {"target": str(target)}
+    for name, rec in models.items():
+        thr = rec.spec.require_threshold()
+        rate = {
+            which: float(np.mean([r[f"{name}_cos_target{sfx}"] >= thr for r in faces]))
+            if faces
+            else None
+            for which, sfx in (("protected", ""), ("clean", "_clean"))
+        }
+        out[name] = {**rate, "threshold": thr, "rule": f"cosine to the target >= {thr}"}
+    if dlib is not None:
+        rate = {}
+        for which, key in (
+            ("protected", "dlib_distance_target"),
+            ("clean", "dlib_distance_target_clean"),
+        ):
+            vals = [r.get(key) for r in faces if key in r]
+            rate[which] = (
+                float(np.mean([v is not None and v < 0.6 for v in vals])) if vals else None
+            )
+        out["dlib"] = {**rate, "threshold": 0.6, "rule": "L2 distance to the target < 0.6"}
+    return out
 
 
 def _identity_of(path: Path, root: Path) -> str:
@@ -394,6 +461,18 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- Faces re-detected on the protected photos: {_pct(det)}",
         "",
     ]
+    imp = report.get("impersonation")
+    if imp:
+        lines += [
+            f"## Impersonation (recognised as the target `{imp['target']}`)",
+            "",
+            "| model | protected | clean (baseline) | rule |",
+            "|---|---|---|---|",
+        ]
+        for m, r in imp.items():
+            if isinstance(r, dict):
+                lines.append(f"| {m} | {_pct(r['protected'])} | {_pct(r['clean'])} | {r['rule']} |")
+        lines.append("")
     ident = report.get("identification")
     if ident:
         lines += [
@@ -457,7 +536,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
-    """Five lines for the terminal."""
+    """Five lines for the terminal (six with an impersonation target)."""
     p = report["psr"]
     q = report["quality"]
     rob = report["robustness"]
@@ -474,4 +553,16 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"robustness: worst for sface is {worst[0]} ({_pct(worst[1].get('sface'))})"
         if worst
         else "robustness: not run",
+        *_impersonation_line(report.get("impersonation")),
     ]
+
+
+def _impersonation_line(imp: dict[str, Any] | None) -> list[str]:
+    if not imp:
+        return []
+    parts = [
+        f"{m} {_pct(r['protected'])} (clean {_pct(r['clean'])})"
+        for m, r in imp.items()
+        if isinstance(r, dict)
+    ]
+    return ["recognised as the target: " + ", ".join(parts)]
