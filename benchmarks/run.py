@@ -64,7 +64,7 @@ class Size:
 
 SIZES = {
     "default": Size(("sface", "ir50"), (1, 8, 32), PASSES, 1, True, "embedded", 6, 5),
-    "quick": Size(("sface",), (1, 4), 1, 1, False, "tiny", 2, 5),
+    "quick": Size(("sface",), (1, 2), 1, 1, False, "tiny", 2, 3),
 }
 
 
@@ -237,7 +237,8 @@ def worker_facecloak_jax(row: dict, inputs: dict) -> dict:
 
     compiled, args, compile_s = program(row["passes"], N_VIEWS)
     res = _timed(lambda: jax.block_until_ready(compiled(*args)), row["repeats"])
-    result = {**res, "compile_s": compile_s, **arrays(res.pop("out"))}
+    out = res.pop("out")
+    result = {**res, "compile_s": compile_s, **arrays(out)}
     if row.get("extras"):
         nudged = (*args[:2], args[2] * np.float32(1 + 1e-7), *args[3:])
         result.update(arrays(compiled(*nudged), "_nudged"))
@@ -316,10 +317,11 @@ def worker_facecloak_torch(row: dict, inputs: dict) -> dict:
         }
 
     res = _timed(run, row["repeats"])
+    out = res.pop("out")
     result = {
         **res,
         "compile_s": max(0.0, res["first_s"] - res["median_s"]) if row.get("compile") else 0.0,
-        **arrays(res.pop("out")),
+        **arrays(out),
     }
     if row.get("extras"):
         result.update(arrays(run(1, 2), "_short"))

@@ -45,9 +45,9 @@ def test_quick_harness_runs_and_parity_holds(tmp_path):
 
     fc = result["facecloak"]
     sides = {(r["batch"], r["side"]) for r in fc}
-    assert {(1, "jax"), (1, "torch-eager"), (1, "torch-tuned"), (4, "jax")} <= sides
+    assert {(1, "jax"), (1, "torch-eager"), (1, "torch-tuned"), (2, "jax")} <= sides
     for r in fc:
-        assert r["median_s"] > 0 and r["peak_rss_mib"] > 100 and r["repeats"] >= 5
+        assert r["median_s"] > 0 and r["peak_rss_mib"] > 100 and r["repeats"] >= 3
         assert r["flops"] and r["flops"] > 1e9  # 9 SFace forward+backward passes at least
         if r["side"] == "jax":
             assert r["speedup_vs_tuned"] > 0
