@@ -150,3 +150,24 @@ def test_identity_loss_decreases(setup):
         state, m = step(state, batch, inputs)
         first = float(m["loss_id"]) if first is None else first
     assert float(m["loss_id"]) < 0.9 * first, (first, float(m["loss_id"]))
+
+
+def test_fused_backward_equals_weighted_sum(setup):
+    """conflict_stats=False: one pullback of the weighted cotangents = the unfused sum."""
+    params, batch, inputs = setup
+    plain = dataclasses.replace(CONFIG, projection="none", sm_variant="none")
+    fused = dataclasses.replace(plain, conflict_stats=False)
+    out = {}
+    for name, cfg in (("plain", plain), ("fused", fused)):
+        step = make_map_step(eps_fn, make_schedule(), embed, expression_loss, cfg)
+        state = init_state(jax.tree.map(jnp.copy, params), cfg, jax.random.PRNGKey(0))
+        for _ in range(2):
+            state, m = step(state, batch, inputs)
+        out[name] = (state.params, m)
+    for k in params:
+        np.testing.assert_allclose(out["fused"][0][k], out["plain"][0][k], rtol=1e-5, atol=1e-7)
+        assert not np.allclose(out["fused"][0][k], params[k])  # the step did move them
+    assert np.isnan(out["fused"][1]["grad_cos_global"])
+    assert np.isfinite(out["plain"][1]["grad_cos_global"])
+    with pytest.raises(ValueError, match="projection='none'"):
+        dataclasses.replace(CONFIG, conflict_stats=False)

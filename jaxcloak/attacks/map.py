@@ -81,6 +81,10 @@ class MapConfig:
         20x slower; see :func:`jaxcloak.diffusion.generate`); remat still applies per step.
       batched_backward: the three task gradients from ``vmap(pullback)`` (one batched
         backward) rather than three pullback calls; same values.
+      conflict_stats: with ``projection="none"``: keep the three task gradients apart to log
+        their conflict (default). False weighs the image-space cotangents first and pulls
+        back once: by linearity the gradient of the summed loss, DiffAM's single backward,
+        a third of the backward work; the gradient-conflict metrics are then NaN.
       margin: face framing of the score network's crop (:class:`FaceFrame`).
       checkpoint_every: steps between orbax checkpoints in ``map fit`` (0: only at the end).
     """
@@ -107,6 +111,7 @@ class MapConfig:
     remat: bool = True
     unroll: bool = True
     batched_backward: bool = True
+    conflict_stats: bool = True
     margin: float = 0.125
     checkpoint_every: int = 100
 
@@ -117,6 +122,8 @@ class MapConfig:
             raise ValueError(f"smoothness must be one of {sorted(SMOOTHNESS)}")
         if self.sm_variant not in ("dsm", "distill", "none"):
             raise ValueError(f"sm_variant must be dsm, distill or none: {self.sm_variant!r}")
+        if not self.conflict_stats and self.projection != "none":
+            raise ValueError("conflict_stats=False (one fused backward) needs projection='none'")
         if self.t0 <= 0 or self.n_train < 2 or self.n_inv < 2 or self.n_test < 2:
             raise ValueError("need t0 > 0 and at least 2 inversion/train/test steps")
 
@@ -170,7 +177,9 @@ class MapInputs(NamedTuple):
 def make_optimizer(config: MapConfig) -> optax.GradientTransformationExtraArgs:
     """Projection of the stacked task gradients [g_A, g_E, g_Q, g_SM], then Adam."""
     weights = (config.lambda_id, config.lambda_expr, 1.0, config.lambda_sm)
-    if config.projection == "gradvac":
+    if not config.conflict_stats:
+        project = _no_stats()
+    elif config.projection == "gradvac":
         project = gradvac(config.beta, config.granularity, weights=weights)
     elif config.projection == "pcgrad":
         project = pcgrad(config.granularity, weights=weights)
@@ -205,6 +214,20 @@ def _weighted_sum(weights: tuple[float, ...]) -> optax.GradientTransformationExt
         w = jnp.asarray(weights, jnp.float32)
         summed = jax.tree.map(lambda u: jnp.tensordot(w, u, axes=1).astype(u.dtype), updates)
         return summed, _SumState(stats)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _no_stats() -> optax.GradientTransformationExtraArgs:
+    """The fused path's first stage: the gradient is already the weighted sum; NaN stats."""
+
+    def init_fn(params):
+        nan = init_stats(params, num_blocks(params))
+        return _SumState(jax.tree.map(lambda x: jnp.full_like(x, jnp.nan, jnp.float32), nan))
+
+    def update_fn(updates, state, params=None, **extra):
+        del params, extra
+        return updates, state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -282,7 +305,10 @@ def make_map_step(
         (le, prob), c_e = jax.value_and_grad(l_expr, has_aux=True)(x_hat)
         (lq, (l1, ls)), c_q = jax.value_and_grad(l_quality, has_aux=True)(x_hat)
         cots = jnp.stack([c_a, c_e, c_q])
-        if config.batched_backward:
+        if not config.conflict_stats:
+            # One backward of lambda_id L_A + lambda_expr L_E + L_Q (linearity of the VJP).
+            (g3,) = pullback(config.lambda_id * c_a + config.lambda_expr * c_e + c_q)
+        elif config.batched_backward:
             # One backward for the three tasks: the pullback vmapped over stacked cotangents.
             (g3,) = jax.vmap(pullback)(cots)
         else:
@@ -302,8 +328,11 @@ def make_map_step(
 
             lsm, g_sm = jax.value_and_grad(l_sm)(state.params)
 
-        stacked = jax.tree.map(lambda g, s: jnp.concatenate([g, s[None]]), g3, g_sm)
-        updates, opt_state = tx.update(stacked, state.opt_state, state.params)
+        if config.conflict_stats:
+            grads = jax.tree.map(lambda g, s: jnp.concatenate([g, s[None]]), g3, g_sm)
+        else:
+            grads = jax.tree.map(lambda g, s: g + config.lambda_sm * s, g3, g_sm)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         stats = opt_state[0].stats
         metrics = {
