@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import resource
@@ -71,6 +72,7 @@ SIZES = {
 # --------------------------------------------------------------------------- inputs
 
 
+@functools.cache
 def _face_crops():
     """Nine distinct aligned 112 px faces from package-shipped photos (uint8 RGB)."""
     import importlib.util
@@ -133,6 +135,18 @@ def surrogate(name: str, framework: str, requires_grad: bool = True):
     return embed_t, None
 
 
+@functools.cache
+def embedder(name: str):
+    """The JAX surrogate as ``images -> NumPy unit embeddings``, loaded and jitted once per
+    harness run (inputs, anchors and every row's final-loss check use it)."""
+    import jax
+    import numpy as np
+
+    embed, params = surrogate(name, "jax")
+    fn = jax.jit(embed)
+    return lambda images: np.asarray(fn(params, images))
+
+
 def facecloak_inputs(name: str, batch: int) -> dict:
     """Views, anchors, keys and initial rho of ``batch`` identities (host NumPy).
 
@@ -144,8 +158,7 @@ def facecloak_inputs(name: str, batch: int) -> dict:
     import numpy as np
 
     crops = _face_crops().astype(np.float32) / 255.0
-    embed, params = surrogate(name, "jax")
-    emb = np.asarray(jax.jit(embed)(params, crops))
+    emb = embedder(name)(crops)
     idx = [np.roll(np.arange(N_VIEWS), -i) for i in range(batch)]
     eps = 8 / 255  # faithful: mask scale 255, so eps in reference units is eps itself
     rho0 = []
@@ -438,13 +451,11 @@ def _fc_row(kind_side: str, name: str, b: int, passes: int, repeats: int, **kw) 
 def final_losses(name: str, inputs: dict, masks) -> list[float]:
     """Triplet loss cos(e+) - cos(e-) of each identity's real face plus its final mask,
     measured by the JAX surrogate (the outcome both sides optimise)."""
-    import jax
     import numpy as np
 
-    embed, params = surrogate(name, "jax")
     real = inputs["views"][: len(masks), -1]
     x = np.clip(real + np.asarray(masks) / 255.0, 0.0, 1.0).astype(np.float32)
-    e = np.asarray(jax.jit(embed)(params, x))
+    e = embedder(name)(x)
     n = len(masks)
     return list(np.sum(e * inputs["e_sim"][:n], 1) - np.sum(e * inputs["e_dist"][:n], 1))
 
@@ -615,7 +626,6 @@ def map_config(n_train: int):
 def map_inputs(size: Size) -> dict:
     """The astronaut's face in the score net's frame, its DDIM latent under the shared
     weights, and a target identity (another face's SFace embedding)."""
-    import jax
     import numpy as np
     from bench_map import _face
     from torch_reference.map_step import shared_score_net
@@ -626,8 +636,7 @@ def map_inputs(size: Size) -> dict:
     net = shared_score_net(size.map_variant, seed=0, zero_out=True)
     x0 = _face(net.config.resolution)
     x_lat = invert_faces(net.eps_fn, map_config(size.map_n_train))(net.params, x0, make_schedule())
-    embed, params = surrogate("sface", "jax")
-    target = np.asarray(jax.jit(embed)(params, _face_crops()[4:5].astype(np.float32) / 255))[0]
+    target = embedder("sface")(_face_crops()[4:5].astype(np.float32) / 255)[0]
     return {"x0": np.asarray(x0), "x_lat": np.asarray(x_lat), "target": target}
 
 

@@ -271,6 +271,20 @@ class DDPM(nn.Module):
         return self.conv_out(h)
 
 
+def torch_kwargs(cfg) -> dict:
+    """:class:`DDPM` constructor arguments from a ``jaxcloak.nets.ddpm_unet.DDPMConfig``."""
+    return {
+        "ch": cfg.ch,
+        "out_ch": cfg.out_ch,
+        "ch_mult": cfg.ch_mult,
+        "num_res_blocks": cfg.num_res_blocks,
+        "attn_resolutions": cfg.attn_resolutions,
+        "resamp_with_conv": cfg.resamp_with_conv,
+        "in_channels": cfg.in_channels,
+        "resolution": cfg.resolution,
+    }
+
+
 @torch.no_grad()
 def randomise_(net: nn.Module, seed: int = 0) -> nn.Module:
     """Randomise every GroupNorm affine (torch initialises them to 1 and 0) and set eval mode.

@@ -30,7 +30,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 from reference_ddpm import DDPM as TorchDDPM  # noqa: E402
-from reference_ddpm import get_timestep_embedding, randomise_  # noqa: E402
+from reference_ddpm import (  # noqa: E402
+    get_timestep_embedding,
+    randomise_,
+    torch_kwargs,
+)
 
 from jaxcloak.convert.torch import ConversionError, key_map  # noqa: E402
 from jaxcloak.nets import ddpm_unet  # noqa: E402
@@ -95,19 +99,6 @@ def nhwc(t: torch.Tensor) -> np.ndarray:
 
 def nchw(x: Any) -> torch.Tensor:
     return torch.from_numpy(np.array(x, np.float32)).permute(0, 3, 1, 2)
-
-
-def torch_kwargs(cfg: DDPMConfig) -> dict[str, Any]:
-    return {
-        "ch": cfg.ch,
-        "out_ch": cfg.out_ch,
-        "ch_mult": cfg.ch_mult,
-        "num_res_blocks": cfg.num_res_blocks,
-        "attn_resolutions": cfg.attn_resolutions,
-        "resamp_with_conv": cfg.resamp_with_conv,
-        "in_channels": cfg.in_channels,
-        "resolution": cfg.resolution,
-    }
 
 
 def torch_net(variant: str | DDPMConfig, seed: int = 0) -> torch.nn.Module:

@@ -50,9 +50,9 @@ from jaxcloak.nets.fer_xception import (
     INPUT_SIZE,
     ConversionError,
     FerXceptionConfig,
-    _check_config,
     _read_h5,
     block_names,
+    check_weight_names,
     emotion_index,
     locate_weights,
 )
@@ -262,15 +262,7 @@ def load_fer_torch(
     state = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
     expected = {k: _keras_key(k) for k in state}  # torch key -> (keras key, transform)
 
-    used = {keras_key for keras_key, _ in expected.values()}
-    unused = sorted(set(weights) - used)
-    missing = sorted(used - set(weights))
-    if unused:
-        raise ConversionError(f"{path}: unused weights (not in mini-Xception): {unused}")
-    if missing:
-        raise ConversionError(f"{path}: missing weights: {missing}")
-    if model_config is not None:
-        _check_config(path, model_config, {k.split("/")[0] for k in used})
+    check_weight_names(path, weights, model_config, {k for k, _ in expected.values()})
 
     new_state: dict[str, torch.Tensor] = {}
     for torch_key, (keras_key, transform) in expected.items():

@@ -141,16 +141,7 @@ def shared_score_net(
     cfg = ddpm_unet.get_config(variant)
     ref = _reference_ddpm()
     torch.manual_seed(seed)
-    net = ref.DDPM(
-        ch=cfg.ch,
-        out_ch=cfg.out_ch,
-        ch_mult=cfg.ch_mult,
-        num_res_blocks=cfg.num_res_blocks,
-        attn_resolutions=cfg.attn_resolutions,
-        resamp_with_conv=cfg.resamp_with_conv,
-        in_channels=cfg.in_channels,
-        resolution=cfg.resolution,
-    ).eval()
+    net = ref.DDPM(**ref.torch_kwargs(cfg)).eval()
     if zero_out:
         with torch.no_grad():
             net.conv_out.weight.zero_()

@@ -48,7 +48,10 @@ from onnx import helper as onnx_helper
 from onnx import numpy_helper
 from torch import nn
 
-_DEFAULT_DOMAINS = ("", "ai.onnx")
+# jaxcloak's converter semantics, shared rather than re-written: SAME padding, float32
+# constants, attribute decoding.
+from jaxcloak.convert.onnx.graph import _DEFAULT_DOMAINS, _as_constant, _attr_value
+from jaxcloak.convert.onnx.ops import same_pads
 
 # Constant inputs that are trainable weights in a torch network (become nn.Parameters).
 _WEIGHT_INPUTS: dict[str, frozenset[int]] = {
@@ -244,22 +247,6 @@ def _batch_norm(info: _NodeInfo) -> Callable[..., Any]:
 _CONV_FNS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
-def _same_pads(
-    auto: str,
-    sizes: Sequence[int],
-    kernel: Sequence[int],
-    strides: Sequence[int],
-    dil: Sequence[int],
-) -> list[tuple[int, int]]:
-    """SAME_UPPER/SAME_LOWER (begin, end) pads, as jaxcloak's ``_spatial_pads``."""
-    out = []
-    for size, k, s, d in zip(sizes, kernel, strides, dil, strict=True):
-        total = max(0, (-(-size // s) - 1) * s + (k - 1) * d + 1 - size)
-        small, big = total // 2, total - total // 2
-        out.append((small, big) if auto == "SAME_UPPER" else (big, small))
-    return out
-
-
 def _pad_arg(pads: Sequence[tuple[int, int]]) -> list[int]:
     """(begin, end) per spatial dim -> F.pad's last-dim-first flat list."""
     return [p for lo_hi in reversed(pads) for p in lo_hi]
@@ -287,7 +274,7 @@ def _conv(info: _NodeInfo) -> Callable[..., Any]:
         def conv_same(
             x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None
         ) -> torch.Tensor:
-            pads = _same_pads(auto, x.shape[2:], kernel, strides, dil)
+            pads = same_pads(auto, x.shape[2:], kernel, strides, dil)
             return conv(F.pad(x, _pad_arg(pads)), w, b, strides, 0, dil, groups)
 
         return conv_same
@@ -309,14 +296,6 @@ def _conv(info: _NodeInfo) -> Callable[..., Any]:
 # --------------------------------------------------------------------------- the module
 
 
-def _as_constant(arr: np.ndarray) -> np.ndarray:
-    """Floating constants as float32, as jaxcloak's converter keeps them."""
-    arr = np.asarray(arr)
-    if arr.dtype.kind == "f" or arr.dtype.name == "bfloat16":
-        return arr.astype(np.float32)
-    return arr
-
-
 def _constant_node_value(node: onnx.NodeProto) -> np.ndarray:
     attrs = {a.name: a for a in node.attribute}
     if "value" in attrs:
@@ -333,15 +312,6 @@ def _constant_node_value(node: onnx.NodeProto) -> np.ndarray:
         f"OnnxTorch: ONNX op 'Constant' (node {node.name!r}): only numeric values are "
         f"supported, got {sorted(attrs)}"
     )
-
-
-def _attr_value(attr: onnx.AttributeProto) -> Any:
-    v = onnx_helper.get_attribute_value(attr)
-    if isinstance(v, onnx.TensorProto):
-        return numpy_helper.to_array(v)
-    if isinstance(v, bytes):
-        return v.decode()
-    return v
 
 
 class OnnxTorch(nn.Module):

@@ -142,10 +142,8 @@ def evaluate(
         grid_rows.append((clean_path.name, clean.rgb, prot.rgb))
         for j, f in enumerate(found):
             row, crop_c, crop_p = _evaluate_face(
-                clean_path, prot_path, clean.rgb, prot.rgb, j, f, models, dlib, transforms
+                clean_path, prot_path, clean.rgb, prot.rgb, j, f, models, dlib, transforms, targets
             )
-            if targets is not None:
-                row.update(_target_scores(targets, models, dlib, crop_c, crop_p, clean, prot, f))
             faces.append(row)
             root = clean_dir if clean_dir is not None else clean_path.parent
             probes.append((_identity_of(clean_path, root), clean_path.name, crop_c, crop_p))
@@ -171,7 +169,9 @@ def evaluate(
     return report
 
 
-def _evaluate_face(clean_path, prot_path, clean, prot, j, f, models, dlib, transforms) -> dict:
+def _evaluate_face(
+    clean_path, prot_path, clean, prot, j, f, models, dlib, transforms, targets=None
+) -> dict:
     crop_c, m = align_face(clean, f.landmarks)
     crop_p, detected = _crop_after(prot, f.box, m)
     row: dict[str, Any] = {
@@ -184,12 +184,19 @@ def _evaluate_face(clean_path, prot_path, clean, prot, j, f, models, dlib, trans
     for name, rec in models.items():
         e = embed_faces(rec, np.stack([crop_c, crop_p]))
         row[f"{name}_cos"] = float(e[0] @ e[1])
+        if targets is not None:
+            row[f"{name}_cos_target_clean"], row[f"{name}_cos_target"] = map(
+                float, e @ targets[name]
+            )
     dc = None
     if dlib is not None:
         dc, dp = dlib.describe_near(clean, f.box), dlib.describe_near(prot, f.box)
         row["dlib_detected_clean"] = dc is not None
         row["dlib_detected_after"] = dp is not None
         row["dlib_distance"] = None if dc is None or dp is None else float(dlib.distance(dc, dp))
+        if targets is not None and targets["dlib"] is not None:
+            for key, d in (("dlib_distance_target_clean", dc), ("dlib_distance_target", dp)):
+                row[key] = None if d is None else float(dlib.distance(d, targets["dlib"]))
     x, y, w, h = (round(v) for v in f.box)
     region = np.zeros(clean.shape[:2], bool)
     region[max(0, y) : max(0, y + h), max(0, x) : max(0, x + w)] = True
@@ -229,18 +236,6 @@ def _target_embeddings(target: Path, models, dlib) -> dict[str, Any]:
     out: dict[str, Any] = {n: embed_faces(r, crop[None])[0] for n, r in models.items()}
     out["dlib"] = dlib.describe_near(rgb, f.box) if dlib is not None else None
     return out
-
-
-def _target_scores(targets, models, dlib, crop_c, crop_p, clean, prot, f) -> dict[str, Any]:
-    row: dict[str, Any] = {}
-    for name, rec in models.items():
-        e = embed_faces(rec, np.stack([crop_c, crop_p])) @ targets[name]
-        row[f"{name}_cos_target_clean"], row[f"{name}_cos_target"] = float(e[0]), float(e[1])
-    if dlib is not None and targets["dlib"] is not None:
-        for key, rgb in (("dlib_distance_target_clean", clean), ("dlib_distance_target", prot)):
-            d = dlib.describe_near(rgb, f.box)
-            row[key] = None if d is None else float(dlib.distance(d, targets["dlib"]))
-    return row
 
 
 def _impersonation(faces, models, dlib, target: Path) -> dict[str, Any]:

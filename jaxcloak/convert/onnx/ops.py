@@ -546,6 +546,18 @@ def _spatial_pads(
         return [(0, 0)] * n
     if auto not in ("SAME_UPPER", "SAME_LOWER"):
         raise node.unsupported(f"auto_pad={auto!r}")
+    return same_pads(auto, in_sizes, kernel, strides, dilations)
+
+
+def same_pads(
+    auto: str,
+    in_sizes: Sequence[int],
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+) -> list[tuple[int, int]]:
+    """(begin, end) pads of ``auto_pad`` SAME_UPPER / SAME_LOWER: output size ceil(size /
+    stride); the odd pixel goes at the end (UPPER) or the beginning (LOWER)."""
     out = []
     for size, k, s, d in zip(in_sizes, kernel, strides, dilations, strict=True):
         total = max(0, (-(-size // s) - 1) * s + (k - 1) * d + 1 - size)
