@@ -31,6 +31,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from .attacks.map import (
     MapBatch,
@@ -52,6 +53,7 @@ from .nets import ddpm_unet, fer_xception
 from .nets.registry import FaceRecognizer
 from .objectives.expression import fer_ce
 from .objectives.map import FaceFrame
+from .parallel import make_mesh, run_batched
 
 __all__ = [
     "EMBEDDED_VARIANT",
@@ -245,6 +247,7 @@ def run_map(
     resume: bool = True,
     progress: Callable | None = None,
     out_format: str | None = None,
+    mesh: Mesh | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``score`` on the photos' faces toward the target identity and expression.
 
@@ -303,7 +306,10 @@ def run_map(
 
     schedule = make_schedule()
     x0 = _to_pm1(np.stack([f.crop for f in faces]))
-    x_lat = invert_faces(score.eps_fn, config)(score.params, x0, schedule)
+    # Inversion and regeneration are per image: split the photos over the devices.
+    mesh = mesh if mesh is not None else make_mesh()
+    inv = invert_faces(score.eps_fn, config)
+    x_lat = run_batched(lambda p, s, x: inv(p, x, s), mesh, (score.params, schedule), (x0,))
     frozen = score.params if config.sm_variant == "distill" else None
     inputs = MapInputs(recognizer.params, jnp.asarray(target_emb), fer_params, expr_target, frozen)
     step_fn = make_map_step(
@@ -351,8 +357,10 @@ def run_map(
 
     # Regenerate with the fine-tuned weights and paste the crop-space edit back.
     regen = regenerate(score.eps_fn, config)
-    x_hat = np.asarray(regen(state.params, x_lat, schedule))
-    x_rec = np.asarray(regen(score.params, x_lat, schedule))
+    x_hat, x_rec = (
+        run_batched(lambda p, s, x: regen(p, x, s), mesh, (params, schedule), (x_lat,))
+        for params in (state.params, score.params)
+    )
     out_dir = run_dir / "protected"
     out_dir.mkdir(exist_ok=True)
     rows = []

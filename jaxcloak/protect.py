@@ -3,7 +3,8 @@
 :class:`Cloaker` holds what every identity shares (surrogate, anchor pool, view generator,
 stage-2 config and its compiled program); :meth:`Cloaker.fit` runs stages 1 and 2 for a batch
 of aligned reference faces in one compiled call (padded to a bucket size so the program
-compiles once per bucket), and :func:`apply_mask` is stage 3.
+compiles once per bucket, and split over the devices of a ``data`` mesh,
+:mod:`jaxcloak.parallel`), and :func:`apply_mask` is stage 3.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from . import __version__
 from .anchors import AnchorPool, anchor_embeddings, embed_faces
@@ -25,17 +27,15 @@ from .attacks.views import ViewGenerator
 from .faces.chain import identity_taps, paste_realign_taps
 from .faces.photo import Photo
 from .nets.registry import FaceRecognizer
-
-#: Identity batch sizes the compiled program is built for; a batch is padded up to the next.
-BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
-
-
-def bucket_size(n: int, max_batch: int) -> int:
-    """Smallest bucket >= n (capped at max_batch), so few programs are compiled."""
-    for b in BUCKETS:
-        if b >= min(n, max_batch):
-            return min(b, max_batch)
-    return max_batch
+from .parallel import (
+    bucket_for,
+    data_parallel,
+    make_mesh,
+    n_shards,
+    pad_rows,
+    replicate,
+    shard_rows,
+)
 
 
 def identity_key(seed: int, reference_id: str) -> jax.Array:
@@ -71,8 +71,11 @@ class Cloaker:
       pool: the anchor pool.
       anchor_rule: "gallery_filtered" (fixed) or "faithful".
       far_anchor_face: aligned uint8 far anchor, required by the faithful rule.
-      max_batch: most identities per compiled call.
+      max_batch: most identities per compiled call (rounded up to whole devices).
       seed: the run's seed; every identity's key derives from it.
+      mesh: devices the identity batch is split over (default: all of this process's).
+      compute_dtype: "bfloat16" runs the surrogate's weights and activations in bf16 (the
+        mask, its optimiser and the loss stay float32); None keeps float32.
     """
 
     def __init__(
@@ -86,6 +89,8 @@ class Cloaker:
         far_anchor_face: np.ndarray | None = None,
         max_batch: int = 8,
         seed: int = 0,
+        mesh: Mesh | None = None,
+        compute_dtype: str | None = None,
     ):
         self.recognizer = recognizer
         self.config = config
@@ -95,16 +100,24 @@ class Cloaker:
         self.far_anchor_face = far_anchor_face
         self.max_batch = max_batch
         self.seed = seed
-        one = make_cloak(recognizer.embed, config)
+        self.mesh = mesh if mesh is not None else make_mesh()
+        self.compute_dtype = compute_dtype
+        one = make_cloak(with_compute_dtype(recognizer.embed, compute_dtype), config)
 
         def fit_one(params, face, e_sim, e_dist, highpass, taps, key):
             k_views, k_cloak = jax.random.split(key)
             v = views(face, key=k_views)  # (V + 1, S, S, 3), the real face last
             return one(params, v, e_sim, e_dist, highpass, taps, key=k_cloak)
 
-        # One program per (bucket, config): params are an argument, faces vmapped.
-        self._fit = jax.jit(jax.vmap(fit_one, in_axes=(None, 0, 0, 0, 0, 0, 0)))
+        # One program per (bucket, config): params are an argument (replicated), faces vmapped
+        # and split over the mesh's devices.
+        self._fit = data_parallel(fit_one, self.mesh, (False, True, True, True, True, True, True))
+        self._params = replicate(recognizer.params, self.mesh)
         self.compile_seconds: dict[int, float] = {}
+
+    def bucket(self, n: int) -> int:
+        """The static identity batch ``n`` identities are padded to."""
+        return bucket_for(n, self.max_batch, n_shards(self.mesh))
 
     def describe(self) -> dict[str, Any]:
         """JSON-able settings for manifests and mask files."""
@@ -116,6 +129,7 @@ class Cloaker:
             "anchor_rule": self.anchor_rule,
             "pool": {"source": self.pool.source, "size": len(self.pool)},
             "seed": self.seed,
+            "compute_dtype": self.compute_dtype or "float32",
             "jaxcloak_version": __version__,
         }
 
@@ -142,14 +156,24 @@ class Cloaker:
         transforms = list(transforms) if transforms is not None else [None] * len(faces)
         taps = [identity_taps() if m is None else paste_realign_taps(m) for m in transforms]
         results: list[FitResult] = []
-        for start in range(0, len(faces), self.max_batch):
-            sl = slice(start, start + self.max_batch)
+        step = self.bucket(self.max_batch)
+        for start in range(0, len(faces), step):
+            sl = slice(start, start + step)
             results.extend(self._fit_chunk(faces[sl], list(reference_ids[sl]), taps[sl]))
         return results
 
-    def _fit_chunk(self, faces: np.ndarray, ids: list[str], taps: list) -> list[FitResult]:
+    def fit_arrays(
+        self, faces: np.ndarray, reference_ids: Sequence[str], taps: list
+    ) -> tuple[Any, list]:
+        """Dispatch one padded, sharded batch; returns ``(device CloakResult, anchors)``.
+
+        The result keeps the bucket's padded batch axis, split over the mesh (``P("data")``);
+        JAX dispatches asynchronously, so the host can prepare the next batch meanwhile.
+        """
         n = len(faces)
-        b = bucket_size(n, self.max_batch)
+        b = self.bucket(n)
+        if n > b:
+            raise ValueError(f"{n} faces exceed the largest bucket {b}; use fit()")
         anchors = [
             anchor_embeddings(
                 self.recognizer,
@@ -160,21 +184,28 @@ class Cloaker:
             )
             for f in faces
         ]
-        pad = b - n
-        x = np.concatenate([faces, np.repeat(faces[-1:], pad, 0)]) if pad else faces
-        e_sim = np.stack([a[0] for a in anchors] + [anchors[-1][0]] * pad)
-        e_dist = np.stack([a[1] for a in anchors] + [anchors[-1][1]] * pad)
-        hp = highpass_for(x)
-        taps = taps + [taps[-1]] * pad
-        taps_b = (np.stack([t[0] for t in taps]), np.stack([t[1] for t in taps]))
-        keys = jnp.stack([identity_key(self.seed, i) for i in ids + [ids[-1]] * pad])
-        x01 = jnp.asarray(x, jnp.float32) / 255.0
-        args = (self.recognizer.params, x01, e_sim, e_dist, hp, taps_b, keys)
+        keys = jnp.stack([identity_key(self.seed, i) for i in reference_ids])
+        rows = (
+            np.asarray(faces, np.float32) / 255.0,
+            np.stack([a[0] for a in anchors]),
+            np.stack([a[1] for a in anchors]),
+            highpass_for(faces),
+            (np.stack([t[0] for t in taps]), np.stack([t[1] for t in taps])),
+            keys,
+        )
+        rows, _ = pad_rows(rows, n, b)
+        args = (self._params, *shard_rows(rows, self.mesh))
         if b not in self.compile_seconds:
             t0 = time.perf_counter()
             self._fit.lower(*args).compile()  # cached by jit for the call below
             self.compile_seconds[b] = time.perf_counter() - t0
-        out = jax.device_get(self._fit(*args))
+        return self._fit(*args), anchors
+
+    def _fit_chunk(self, faces: np.ndarray, ids: list[str], taps: list) -> list[FitResult]:
+        n = len(faces)
+        x = faces
+        out, anchors = self.fit_arrays(faces, ids, taps)
+        out = jax.device_get(out)
         masked = np.clip(np.rint(x[:n] + out.mask[:n]), 0, 255).astype(np.uint8)
         emb = embed_faces(self.recognizer, np.concatenate([faces, masked]))
         cos_after = np.sum(emb[:n] * emb[n:], axis=1)
@@ -214,3 +245,20 @@ def apply_mask(photo: Photo, masks: Sequence[np.ndarray], **paste_kwargs) -> np.
         if m.shape != photo.faces[0].crop.shape:
             raise ValueError(f"mask is {m.shape}, crops are {photo.faces[0].crop.shape}")
     return photo.paste(list(masks), **paste_kwargs)
+
+
+def with_compute_dtype(embed, dtype: str | None):
+    """``embed`` running in ``dtype`` (weights and input cast), returning float32 embeddings.
+
+    bf16 halves memory traffic on accelerators; the optimisation around it stays float32.
+    """
+    if dtype in (None, "float32"):
+        return embed
+    if dtype != "bfloat16":
+        raise ValueError(f"compute dtype must be float32 or bfloat16, got {dtype!r}")
+
+    def low(params, x):
+        cast = lambda a: a.astype(jnp.bfloat16) if jnp.issubdtype(a.dtype, jnp.floating) else a  # noqa: E731
+        return embed(jax.tree.map(cast, params), cast(x)).astype(jnp.float32)
+
+    return low
