@@ -36,6 +36,7 @@ from .faces import align_face, detect_faces
 from .faces._cv2 import quiet_cv2
 from .io.images import ImageReadError, read_image
 from .nets.registry import FaceRecognizer
+from .parallel import bucket_for
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -177,7 +178,9 @@ def embed_faces(recognizer: FaceRecognizer, faces: np.ndarray, *, chunk: int = 3
     Args:
         recognizer: a loaded recogniser.
         faces: (N, 112, 112, 3) uint8 RGB aligned crops.
-        chunk: batch size; the last chunk is padded to it so one program serves every chunk.
+        chunk: largest batch; a smaller or last batch is padded up to a bucket size
+            (:func:`jaxcloak.parallel.bucket_for`), so at most a handful of programs compile
+            whatever the face counts.
 
     Returns:
         (N, D) float32 unit-norm embeddings.
@@ -188,16 +191,16 @@ def embed_faces(recognizer: FaceRecognizer, faces: np.ndarray, *, chunk: int = 3
     n = faces.shape[0]
     if n == 0:
         return np.zeros((0, recognizer.spec.embedding_dim), np.float32)
-    batch = min(n, chunk)
+    batch = bucket_for(n, chunk)
     fn = jax.jit(recognizer.embed)
     out = []
     for start in range(0, n, batch):
         x = faces[start : start + batch]
         pad = batch - x.shape[0]
-        if pad:  # repeat the last face rather than compile a second, smaller program
+        if pad:  # repeat the last face rather than compile another, smaller program
             x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
         e = fn(recognizer.params, x.astype(np.float32) / 255.0)
-        out.append(np.asarray(e)[: batch - pad])
+        out.append(np.asarray(e)[: x.shape[0] - pad])
     return np.concatenate(out).astype(np.float32)
 
 

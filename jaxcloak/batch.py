@@ -154,7 +154,8 @@ def _output_path(src: Path, root: Path, outdir: Path, fmt: str | None) -> Path:
     return outdir / output_name(src.resolve().relative_to(root), fmt)
 
 
-def _common_root(files: Sequence[Path]) -> Path:
+def common_root(files: Sequence[Path]) -> Path:
+    """The deepest folder holding every file (outputs mirror the tree below it)."""
     parents = [str(f.resolve().parent) for f in files]
     return Path(os.path.commonpath(parents)) if parents else Path.cwd()
 
@@ -173,6 +174,8 @@ def protect_files(
     quality: int = 95,
     resume: bool = True,
     progress: Callable[[Iterable, str, int], Iterable] | None = None,
+    root: Path | None = None,
+    manifest: str = MANIFEST,
 ) -> Summary:
     """Protect every face in ``files``; write outputs, masks and ``manifest.json`` to ``outdir``.
 
@@ -181,14 +184,17 @@ def protect_files(
     is one person and gets a mask fitted on it; faces in the group's other photos take the mask
     of the reference face they match (surrogate cosine above its threshold), and a face that
     matches none gets a mask of its own. Masks of all identities are fitted in batches.
+
+    Outputs keep their path relative to ``root`` (default: the inputs' common folder); the
+    manifest is written to ``outdir / manifest``.
     """
     t_start = time.perf_counter()
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / "masks").mkdir(exist_ok=True)
     run = cloaker.describe()
-    manifest_path = outdir / MANIFEST
+    manifest_path = outdir / manifest
     previous = _load_manifest(manifest_path, run) if resume else {}
-    root = _common_root(list(files) + ([reference] if reference else []))
+    root = root or common_root(list(files) + ([reference] if reference else []))
     wrap = progress or (lambda it, desc, total: it)
 
     records: dict[str, PhotoRecord] = {}

@@ -279,7 +279,15 @@ def _add_cloak_args(p: argparse.ArgumentParser) -> None:
         "--batch",
         type=int,
         default=8,
-        help="people optimised together in one compiled call (default 8)",
+        help="people optimised together in one compiled call (default 8; rounded up to a "
+        "multiple of the device count, the batch is split over all local devices)",
+    )
+    g.add_argument(
+        "--precision",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="surrogate network precision (bfloat16: faster on GPUs/TPUs, the mask and its "
+        "optimiser stay float32; default float32)",
     )
     f = p.add_argument_group("faces")
     f.add_argument(
@@ -339,6 +347,7 @@ def _make_cloaker(args: argparse.Namespace):
         far_anchor_face=far,
         max_batch=args.batch,
         seed=args.seed,
+        compute_dtype=None if args.precision == "float32" else args.precision,
     )
 
 
@@ -380,27 +389,63 @@ def _print_summary(summary, outdir: Path) -> int:
     return 1 if summary.failed else 0
 
 
+def _read_file_list(path: str) -> list[str]:
+    """Paths from a list file (one per line, blank lines and # comments ignored; - = stdin)."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SystemExit(f"error: --files-from {path}: cannot read: {e}") from e
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
 def _cmd_protect(args: argparse.Namespace) -> int:
-    from .batch import collect_inputs, protect_files
+    from .batch import collect_inputs, common_root, protect_files
+    from .runtime import init_distributed, process_share
 
     if args.demo:
         from .demo import run_demo
 
         return run_demo(Path(args.output or "jaxcloak-report"), _make_cloaker(args))
-    if not args.photos:
-        raise SystemExit("error: give photos or folders to protect (or --demo)")
+    inputs = list(args.photos) + (_read_file_list(args.files_from) if args.files_from else [])
+    if not inputs:
+        raise SystemExit("error: give photos or folders to protect (or --files-from, or --demo)")
     if not args.output:
         raise SystemExit("error: -o/--output OUTDIR is required")
-    files, errors = collect_inputs(args.photos)
+    try:  # before anything touches a device: JAX must join the job first
+        index, count = init_distributed(args.coordinator, args.num_processes, args.process_id)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
+    files, errors = collect_inputs(inputs)
     for _, msg in errors:
         print(f"error: {msg}", file=sys.stderr)
     if not files:
         return 1
     outdir = Path(args.output)
     if args.method == "map":
+        if count > 1:
+            raise SystemExit("error: --method map runs as one process (no --coordinator)")
         return max(_run_map_cli(args, files, outdir, evaluate=not args.no_eval), 1 if errors else 0)
+    root = common_root(files + ([Path(args.reference)] if args.reference else []))
+    manifest = "manifest" if count == 1 else f"manifest.p{index}of{count}"
+    if count > 1:
+        print(f"process {index} of {count}: ", end="")
+    if args.identity == "per-file":
+        share = process_share(files, index, count)
+        return max(_protect_stream_cli(args, share, outdir, root, manifest), 1 if errors else 0)
+    from .batch import group_identities
+
+    try:
+        groups = group_identities(files, args.identity)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
+    mine = process_share(sorted(groups), index, count)  # whole people per process
+    share = [f for g in mine for f in groups[g]]
+    if count > 1:
+        print(f"{len(mine)} of {len(groups)} identity group(s), {len(share)} photo(s)")
+    if not share:
+        return 1 if errors else 0
     summary = protect_files(
-        files,
+        share,
         outdir,
         _make_cloaker(args),
         identity=args.identity,
@@ -412,8 +457,106 @@ def _cmd_protect(args: argparse.Namespace) -> int:
         quality=args.quality,
         resume=not args.no_resume,
         progress=_progress,
+        root=root,
+        manifest=f"{manifest}.json",
     )
+    _print_compiles(args, outdir / f"{manifest}.json")
     return max(_print_summary(summary, outdir), 1 if errors else 0)
+
+
+def _protect_stream_cli(
+    args: argparse.Namespace, files: list[Path], outdir: Path, root: Path, manifest: str
+) -> int:
+    import threading
+
+    from tqdm import tqdm
+
+    from .stream import device_summary, protect_stream
+
+    if args.reference:
+        raise SystemExit("error: --reference does not apply to --identity per-file")
+    cloaker = _make_cloaker(args)
+    bucket = cloaker.bucket(cloaker.max_batch)
+    print(
+        f"{len(files)} photo(s), every face its own person; device step: {bucket} face(s) on "
+        f"{device_summary()}",
+        flush=True,
+    )
+    bar = tqdm(total=len(files), unit="photo", disable=None, smoothing=0.05)
+    lock = threading.Lock()
+
+    def progress(done: int, total: int, postfix: dict) -> None:
+        with lock:
+            bar.update(done - bar.n)
+            bar.set_postfix(postfix, refresh=False)
+
+    try:
+        summary = protect_stream(
+            files,
+            outdir,
+            cloaker,
+            root=root,
+            faces=args.faces,
+            no_face=args.no_face,
+            min_face=args.min_face,
+            fmt=args.format,
+            quality=args.quality,
+            resume=not args.no_resume,
+            save_masks=not args.no_masks,
+            readers=args.readers,
+            writers=args.writers,
+            manifest=manifest,
+            progress=progress,
+        )
+    finally:
+        bar.close()
+    _print_compiles(args, outdir / f"{manifest}.json")
+    by = {}
+    for r in summary.records:
+        by[r.status] = by.get(r.status, 0) + 1
+    n_faces = sum(len(r.faces) for r in summary.records if r.status == "protected")
+    still = sum(
+        f["same_person_after"] for r in summary.records if r.status == "protected" for f in r.faces
+    )
+    print(
+        f"protected {by.get('protected', 0)} photo(s) ({n_faces} face(s), {still} still matched "
+        f"by the surrogate), {by.get('up-to-date', 0)} already up to date, "
+        f"{len(summary.failed)} failed"
+    )
+    for path, msg in summary.failed[:20]:
+        print(f"  FAILED {path}: {msg}", file=sys.stderr)
+    if len(summary.failed) > 20:
+        print(f"  ... and {len(summary.failed) - 20} more (see the manifest)", file=sys.stderr)
+    s = summary.seconds
+    done = by.get("protected", 0)
+    rate = done / s["total"] if s["total"] > 0 else 0.0
+    print(
+        f"time: {s['total']:.1f} s, {rate:.2f} photo/s; device step busy "
+        f"{100 * s['device_busy_share']:.0f}% of the time; compile {s['compile']:.1f} s; "
+        f"manifest {outdir / (manifest + '.json')}"
+    )
+    return 1 if summary.failed else 0
+
+
+def _print_compiles(args: argparse.Namespace, manifest: Path) -> None:
+    """Report (and record in the manifest) how many programs were compiled vs cache-loaded."""
+    counter = getattr(args, "_compiles", None)
+    if counter is None:
+        return
+    c = counter.as_dict()
+    where = args._cache_dir or "off"
+    print(
+        f"compilation: {c['compiled']} program(s) compiled, {c['cache_hits']} loaded from the "
+        f"persistent cache ({where}); {c['xla_seconds']:.1f} s in XLA"
+    )
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return
+    from .io.atomic import atomic_write_json
+
+    data["compilation"] = {**c, "cache_dir": str(args._cache_dir) if args._cache_dir else None}
+    atomic_write_json(manifest, data)
 
 
 def _add_map_args(p: argparse.ArgumentParser) -> None:
@@ -618,6 +761,62 @@ def _cmd_mask_apply(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _add_scale_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "large jobs, several devices or hosts",
+        "--identity per-file streams: photos are read, fitted in full device batches and "
+        "written as they go, with bounded memory and a manifest.jsonl that a rerun resumes "
+        "from. The identity batch is split over every local device. Several processes or "
+        "hosts split the (sorted) input list: start the same command on each with "
+        "--coordinator/--num-processes/--process-id (or JAX's JAX_COORDINATOR_ADDRESS, "
+        "JAX_NUM_PROCESSES, JAX_PROCESS_ID); each writes its own manifest.pIofN.json.",
+    )
+    g.add_argument(
+        "--files-from",
+        metavar="LIST",
+        help="also read input paths from LIST, one per line (- reads stdin)",
+    )
+    g.add_argument(
+        "--readers", type=int, default=2, metavar="N", help="decode/detect threads (default 2)"
+    )
+    g.add_argument(
+        "--writers", type=int, default=2, metavar="N", help="encode/write threads (default 2)"
+    )
+    g.add_argument(
+        "--no-masks",
+        action="store_true",
+        help="per-file runs: do not write each face's mask file (saves ~0.2 MB per face)",
+    )
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="multi-process: process 0's address")
+    g.add_argument("--num-processes", type=int, metavar="N", help="multi-process: job size")
+    g.add_argument("--process-id", type=int, metavar="I", help="multi-process: this one, 0..N-1")
+
+
+def _add_cache_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--compile-cache",
+        metavar="DIR",
+        help="persistent XLA compilation cache, so a rerun compiles nothing (default: "
+        "$JAXCLOAK_COMPILE_CACHE, else the jaxcloak cache folder's xla-cache)",
+    )
+    p.add_argument(
+        "--no-compile-cache", action="store_true", help="compile everything afresh, store nothing"
+    )
+
+
+def _compile_cache_dir(args: argparse.Namespace):
+    from .runtime import default_cache_dir
+
+    if getattr(args, "no_compile_cache", False):
+        return None
+    if getattr(args, "compile_cache", None):
+        return Path(args.compile_cache)
+    env = os.environ.get("JAXCLOAK_COMPILE_CACHE")
+    if env is not None:
+        return None if env.strip().lower() in ("", "0", "off", "no", "false") else Path(env)
+    return default_cache_dir()
+
+
 def _add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--format",
@@ -817,6 +1016,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_output_args(p_prot)
     _add_cloak_args(p_prot)
+    _add_scale_args(p_prot)
+    _add_cache_args(p_prot)
     _add_map_args(p_prot)
     p_prot.set_defaults(func=_cmd_protect)
 
@@ -842,6 +1043,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_mfit.add_argument("--seed", type=int, default=0, help="PRNG seed (recorded)")
     p_mfit.add_argument("--no-resume", action="store_true", help="start over in RUN_DIR")
     _add_output_args(p_mfit)
+    _add_cache_args(p_mfit)
     _add_map_args(p_mfit)
     p_mfit.set_defaults(func=_cmd_map_fit)
     p_map.set_defaults(func=lambda a: (p_map.print_help(), 2)[1])
@@ -858,6 +1060,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_fit.add_argument("-o", "--output", required=True, metavar="MASK", help="mask file to write")
     p_fit.add_argument("--overwrite", action="store_true", help="replace an existing mask file")
     _add_cloak_args(p_fit)
+    _add_cache_args(p_fit)
     p_fit.set_defaults(func=_cmd_mask_fit, faces="largest")
     p_apply = ksub.add_parser(
         "apply",
@@ -926,6 +1129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    from .runtime import CompileCounter, enable_compile_cache
+
+    args._cache_dir = enable_compile_cache(_compile_cache_dir(args))
+    args._compiles = CompileCounter()
     return int(args.func(args))
 
 

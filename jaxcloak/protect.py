@@ -162,28 +162,38 @@ class Cloaker:
             results.extend(self._fit_chunk(faces[sl], list(reference_ids[sl]), taps[sl]))
         return results
 
+    def anchors_for(self, face: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """``(e_similar, e_distant, record)`` for one aligned face (one small device call;
+        streaming runs it on reader threads so the main thread never waits for it)."""
+        return anchor_embeddings(
+            self.recognizer,
+            face,
+            self.pool,
+            rule=self.anchor_rule,
+            far_anchor_face=self.far_anchor_face,
+        )
+
     def fit_arrays(
-        self, faces: np.ndarray, reference_ids: Sequence[str], taps: list
+        self,
+        faces: np.ndarray,
+        reference_ids: Sequence[str],
+        taps: list,
+        anchors: list | None = None,
+        size: int | None = None,
     ) -> tuple[Any, list]:
         """Dispatch one padded, sharded batch; returns ``(device CloakResult, anchors)``.
 
         The result keeps the bucket's padded batch axis, split over the mesh (``P("data")``);
         JAX dispatches asynchronously, so the host can prepare the next batch meanwhile.
+        ``anchors``: each face's :meth:`anchors_for`, when already computed; ``size``: the
+        bucket to pad to (default: the smallest that holds the faces).
         """
         n = len(faces)
-        b = self.bucket(n)
+        b = size or self.bucket(n)
         if n > b:
             raise ValueError(f"{n} faces exceed the largest bucket {b}; use fit()")
-        anchors = [
-            anchor_embeddings(
-                self.recognizer,
-                f,
-                self.pool,
-                rule=self.anchor_rule,
-                far_anchor_face=self.far_anchor_face,
-            )
-            for f in faces
-        ]
+        if anchors is None:
+            anchors = [self.anchors_for(f) for f in faces]
         keys = jnp.stack([identity_key(self.seed, i) for i in reference_ids])
         rows = (
             np.asarray(faces, np.float32) / 255.0,
@@ -202,11 +212,16 @@ class Cloaker:
         return self._fit(*args), anchors
 
     def _fit_chunk(self, faces: np.ndarray, ids: list[str], taps: list) -> list[FitResult]:
-        n = len(faces)
-        x = faces
         out, anchors = self.fit_arrays(faces, ids, taps)
+        return self.collect(out, faces, ids, anchors)
+
+    def collect(
+        self, out: Any, faces: np.ndarray, ids: Sequence[str], anchors: list
+    ) -> list[FitResult]:
+        """Host side of one :meth:`fit_arrays` batch: wait for it, drop the padding, score."""
+        n = len(faces)
         out = jax.device_get(out)
-        masked = np.clip(np.rint(x[:n] + out.mask[:n]), 0, 255).astype(np.uint8)
+        masked = np.clip(np.rint(faces + out.mask[:n]), 0, 255).astype(np.uint8)
         emb = embed_faces(self.recognizer, np.concatenate([faces, masked]))
         cos_after = np.sum(emb[:n] * emb[n:], axis=1)
         base = self.describe()

@@ -7,6 +7,9 @@ import os
 # Before any test imports jax or a hub client.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The CLI's persistent compile cache is decided once per process at the first compilation;
+# in-process CLI tests must not depend on test order, so it is off unless a test turns it on.
+os.environ.setdefault("JAXCLOAK_COMPILE_CACHE", "off")
 
 import pytest
 

@@ -402,3 +402,35 @@ def test_eval_explicit_pairs_and_impersonation_target(astronaut_file, tmp_path, 
         wall = tmp_path / "wall.png"
         Image.fromarray(np.full((80, 80, 3), 200, np.uint8)).save(wall)
         evaluate(None, prot.parent, tmp_path / "r3", [rec], target=wall, **kw)
+
+
+def test_stream_keeps_going_past_bad_files_and_logs_each_photo(astronaut_file, tmp_path, cheap):
+    from jaxcloak.batch import common_root
+    from jaxcloak.stream import protect_stream
+
+    (tmp_path / "bad.jpg").write_text("not a photo")
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(tmp_path / "wall.png")
+    files = [tmp_path / "bad.jpg", astronaut_file, tmp_path / "wall.png"]
+    seen = []
+    out = tmp_path / "out"
+    root = common_root(files)
+    with pytest.raises(ValueError, match="not inside the job's root folder"):
+        protect_stream(files, out, cheap, root=tmp_path)
+    summary = protect_stream(
+        files, out, cheap, root=root, progress=lambda d, t, p: seen.append((d, t))
+    )
+    status = {Path(r.input).name: r.status for r in summary.records}
+    assert status == {"bad.jpg": "failed", "astronaut.png": "protected", "wall.png": "no-face"}
+    assert "not a recognised image file" in dict(summary.failed)[str(tmp_path / "bad.jpg")]
+    assert sorted(seen) == [(1, 3), (2, 3), (3, 3)]
+    face = summary.records[1].faces[0]
+    assert (
+        face["identity"] == "in0__astronaut" and (out / "masks" / "in0__astronaut.mask").is_file()
+    )
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["run"]["seed"] == 0 and len(lines) == 4
+    final = json.loads((out / "manifest.json").read_text())
+    assert [p["status"] for p in final["photos"]] == ["failed", "protected", "no-face"]
+    assert 0 < final["seconds"]["device_busy"] <= final["seconds"]["total"]
+    again = protect_stream(files, out, cheap, root=root)
+    assert [r.status for r in again.records] == ["failed", "up-to-date", "no-face"]
