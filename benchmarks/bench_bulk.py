@@ -51,17 +51,21 @@ def run_cli(photos: Path, out: Path, cache: Path, settings: list[str]) -> dict:
     cmd = [sys.executable, "-m", "jaxcloak", "protect", str(photos), "-o", str(out)]
     cmd += ["--identity", "per-file", *settings]
     env = {**os.environ, "JAXCLOAK_COMPILE_CACHE": str(cache)}
+    log = out.with_name(out.name + ".log")
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    with log.open("w") as fh:
+        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
     wall = time.perf_counter() - t0
-    if proc.returncode not in (0, 1):  # 1: some photo failed, reported below
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr[-3000:]}")
+    stdout = log.read_text()
+    if os.waitstatus_to_exitcode(status) not in (0, 1):  # 1: some photo failed, reported
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{stdout[-3000:]}")
     manifest = json.loads((out / "manifest.json").read_text())
     statuses = [p["status"] for p in manifest["photos"]]
     faces = sum(len(p["faces"]) for p in manifest["photos"] if p["status"] == "protected")
     sec = manifest["seconds"]
     comp = manifest["compilation"]
-    m = re.search(r"device step: (\d+) face", proc.stdout)
+    m = re.search(r"device step: (\d+) face", stdout)
     return {
         "process_wall_s": wall,
         "pipeline_s": sec["total"],
@@ -78,6 +82,7 @@ def run_cli(photos: Path, out: Path, cache: Path, settings: list[str]) -> dict:
         "xla_cache_hits": comp["cache_hits"],
         "xla_s": comp["xla_seconds"],
         "bucket": int(m.group(1)) if m else None,
+        "peak_rss_mib": usage.ru_maxrss / 1024,  # Linux: KiB
     }
 
 
@@ -122,15 +127,15 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(result, indent=2))
     rows = [
         "| run | photos (faces) | XLA programs compiled / from cache | XLA compile+load s | "
-        "step trace+compile s | pipeline s | photos/s | faces/s | device busy |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "step trace+compile s | pipeline s | photos/s | faces/s | device busy | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in (("cold cache", cold), ("warm cache", warm), ("bulk, warm", bulk)):
         rows.append(
             f"| {name} | {r['photos']} ({r['faces']}) | {r['xla_compiled']} / "
             f"{r['xla_cache_hits']} | {r['xla_s']:.1f} | {r['step_compile_s']:.1f} | "
             f"{r['pipeline_s']:.1f} | {r['photos_per_s']:.2f} | {r['faces_per_s']:.2f} | "
-            f"{100 * r['device_busy_share']:.0f}% |"
+            f"{100 * r['device_busy_share']:.0f}% | {r['peak_rss_mib']:.0f} |"
         )
     table = "\n".join(rows)
     print(table)
