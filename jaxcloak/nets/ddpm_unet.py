@@ -58,7 +58,7 @@ from ..convert.torch import (
     strip_prefix,
 )
 from ..typing import Params
-from .layers import Conv2d, GroupNorm, Linear
+from .layers import Conv2d, GroupNorm, Linear, host_init
 
 __all__ = [
     "VARIANTS",
@@ -467,24 +467,7 @@ def init(variant: str | DDPMConfig, *, seed: int = 0) -> tuple[nnx.GraphDef, Par
       ``(graphdef, params)`` with :func:`build`'s tree, shapes and dtypes.
     """
     graphdef, abstract = build(variant)
-    rng = np.random.default_rng(seed)
-
-    def draw(keypath: tuple, leaf: jax.ShapeDtypeStruct) -> jax.Array:
-        name = getattr(keypath[-1], "key", getattr(keypath[-1], "name", None))
-        if name == "value":
-            name = getattr(keypath[-2], "key", getattr(keypath[-2], "name", None))
-        shape = tuple(leaf.shape)
-        if name == "weight" and len(shape) >= 2:
-            fan_in = math.prod(shape[:-1])  # HWIO / (in, out)
-            gain = 2.0 if len(shape) == 4 else 1.0
-            arr = rng.standard_normal(shape, dtype=np.float32) * np.float32(
-                math.sqrt(gain / fan_in)
-            )
-        else:
-            arr = np.full(shape, 1.0 if name == "weight" else 0.0, np.float32)
-        return jnp.asarray(arr, leaf.dtype)
-
-    return graphdef, jax.tree_util.tree_map_with_path(draw, abstract)
+    return graphdef, host_init(abstract, seed)
 
 
 def make_score(variant: str | DDPMConfig) -> ScoreFn:

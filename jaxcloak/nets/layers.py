@@ -12,10 +12,12 @@ Nothing here trains: BatchNorm always uses its running statistics and there is n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 __all__ = [
@@ -301,3 +303,58 @@ def unit_rows(raw: jax.Array) -> jax.Array:
     """L2-normalise the last axis; the norm is floored at 1e-12 so an all-zero embedding
     stays finite and differentiable (every recogniser's ``embed`` ends with this)."""
     return raw / jnp.maximum(jnp.linalg.norm(raw, axis=-1, keepdims=True), 1e-12)
+
+
+class LayerNorm(nnx.Module):
+    """``torch.nn.LayerNorm`` over the last axis (affine; statistics in float32, as torch).
+
+    Args:
+      dim: width of the last axis.
+      eps: added to the biased variance.
+      rngs: unused; accepted so every layer has the same constructor shape.
+    """
+
+    def __init__(self, dim: int, *, eps: float = 1e-5, rngs: nnx.Rngs | None = None) -> None:
+        del rngs
+        self.weight = nnx.Param(jnp.ones((dim,)))
+        self.bias = nnx.Param(jnp.zeros((dim,)))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """(..., D) -> (..., D)."""
+        xf = x.astype(jnp.float32)
+        mean = jnp.mean(xf, axis=-1, keepdims=True)
+        centred = xf - mean
+        var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
+        y = centred * jax.lax.rsqrt(var + self.eps)
+        return (y * self.weight[...] + self.bias[...]).astype(x.dtype)
+
+
+def host_init(abstract, seed: int, *, embedding_std: float | None = None):
+    """Concrete random (untrained) params for an abstract NNX state, drawn with NumPy.
+
+    Conv kernels (4-D) ~ N(0, 2 / fan_in) (He), other matrices ~ N(0, 1 / fan_in) (LeCun),
+    except tables of modules named ``*_embedding`` ~ N(0, embedding_std^2) when given
+    (transformers' CLIP init); every other ``weight`` (norm scales) 1, everything else 0.
+    NumPy because compiling one JAX random draw per leaf takes 10-20 s on CPU for a UNet;
+    call it eagerly (under ``jit`` the values would become constants).
+    """
+    rng = np.random.default_rng(seed)
+
+    def draw(keypath: tuple, leaf: jax.ShapeDtypeStruct) -> jax.Array:
+        names = [str(getattr(k, "key", getattr(k, "name", k))) for k in keypath]
+        if names[-1] == "value":
+            names = names[:-1]
+        shape = tuple(leaf.shape)
+        if names[-1] == "weight" and len(shape) >= 2:
+            if embedding_std is not None and len(names) > 1 and names[-2].endswith("_embedding"):
+                scale = np.float32(embedding_std)
+            else:
+                gain = 2.0 if len(shape) == 4 else 1.0
+                scale = np.float32(math.sqrt(gain / math.prod(shape[:-1])))  # HWIO / (in, out)
+            arr = rng.standard_normal(shape, dtype=np.float32) * scale
+        else:
+            arr = np.full(shape, 1.0 if names[-1] == "weight" else 0.0, np.float32)
+        return jnp.asarray(arr, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, abstract)
