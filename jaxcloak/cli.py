@@ -249,7 +249,23 @@ def _add_cloak_args(p: argparse.ArgumentParser) -> None:
         help="override the L-inf budget, in grey levels (0..255)",
     )
     g.add_argument("--steps", type=int, help="override the number of optimisation steps")
-    g.add_argument("--views", type=int, default=8, help="varied views per person (default 8)")
+    g.add_argument(
+        "--views",
+        default="8",
+        metavar="[GEN:]N",
+        help="stage-1 views per person and their generator: N (default 8) augmented views, "
+        "or 'arc2face' / 'arc2face:N' for Arc2Face diffusion samples as published (needs "
+        "--arc2face and --sd)",
+    )
+    g.add_argument("--arc2face", metavar="DIR", help="Arc2Face folder (arc2face/, encoder/)")
+    g.add_argument("--sd", metavar="DIR", help="Stable Diffusion 1.5 folder (vae/, tokenizer/)")
+    g.add_argument(
+        "--id-model",
+        default="arcface-r100",
+        metavar="MODEL",
+        help="512-d face model giving Arc2Face its identity (default arcface-r100: Arc2Face was "
+        "trained on ArcFace IResNet-100 embeddings; import the weights with 'models import')",
+    )
     g.add_argument(
         "--eot",
         default="",
@@ -315,7 +331,6 @@ def _make_cloaker(args: argparse.Namespace):
     import dataclasses
 
     from .anchors import builtin_pool, user_pool
-    from .attacks.views import make_view_generator
     from .configs.facecloak import get_config
     from .nets.ensemble import load_surrogate
     from .protect import Cloaker
@@ -338,16 +353,59 @@ def _make_cloaker(args: argparse.Namespace):
             )
         far = _chosen_face(Path(args.far_anchor), "largest", args.min_face).faces[0].crop
     pool = user_pool(args.pool) if args.pool else builtin_pool()
+    views = _view_generator(args)
+    print(f"stage-1 views: {views.name}, {views.n_views} per person", flush=True)
     return Cloaker(
         load_surrogate(args.model),
         config,
-        make_view_generator("augment", n_views=args.views),
+        views,
         pool,
         anchor_rule="faithful" if args.mode == "faithful" else "gallery_filtered",
         far_anchor_face=far,
         max_batch=args.batch,
         seed=args.seed,
         compute_dtype=None if args.precision == "float32" else args.precision,
+    )
+
+
+def _view_generator(args: argparse.Namespace):
+    """The stage-1 generator --views asks for (augment unless arc2face is named)."""
+    from .attacks.views import make_view_generator
+
+    spec = args.views.strip().lower()
+    name, sep, count = spec.partition(":")
+    if not sep:
+        name, count = ("augment", spec) if spec.isdigit() else (spec, "8")
+    if name not in ("augment", "arc2face") or not count.isdigit() or int(count) < 1:
+        raise SystemExit(f"error: --views: expected N, augment:N or arc2face[:N], got {spec!r}")
+    n = int(count)
+    if name == "augment":
+        return make_view_generator("augment", n_views=n)
+    if not (args.arc2face and args.sd):
+        raise SystemExit(
+            "error: --views arc2face needs --arc2face DIR (the Arc2Face weights: arc2face/, "
+            "encoder/) and --sd DIR (Stable Diffusion 1.5: vae/, tokenizer/); without them use "
+            "the default augmented views"
+        )
+    from .attacks.arc2face import Arc2FaceConfig, load_arc2face
+    from .nets.registry import load
+
+    nets, params = load_arc2face(args.arc2face, args.sd)
+    fr = load(args.id_model)
+    if fr.spec.embedding_dim != 512:
+        raise SystemExit(
+            f"error: --id-model {args.id_model} gives {fr.spec.embedding_dim}-d embeddings; "
+            "Arc2Face takes 512-d ArcFace identities"
+        )
+    dtype = "bfloat16" if getattr(args, "precision", "float32") == "bfloat16" else "float32"
+    return make_view_generator(
+        "arc2face",
+        nets=nets,
+        params=params,
+        embed=fr.embed,
+        fr_params=fr.params,
+        config=Arc2FaceConfig(n_views=n, dtype=dtype),
+        fr_name=args.id_model,
     )
 
 

@@ -104,15 +104,21 @@ class Cloaker:
         self.compute_dtype = compute_dtype
         one = make_cloak(with_compute_dtype(recognizer.embed, compute_dtype), config)
 
-        def fit_one(params, face, e_sim, e_dist, highpass, taps, key):
+        view_params = getattr(views, "params", None)
+
+        def fit_one(params, vparams, face, e_sim, e_dist, highpass, taps, key):
             k_views, k_cloak = jax.random.split(key)
-            v = views(face, key=k_views)  # (V + 1, S, S, 3), the real face last
+            if vparams is None:
+                v = views(face, key=k_views)  # (V + 1, S, S, 3), the real face last
+            else:  # a generator with weights (Arc2Face): they are arguments, not constants
+                v = views(face, key=k_views, params=vparams)
             return one(params, v, e_sim, e_dist, highpass, taps, key=k_cloak)
 
-        # One program per (bucket, config): params are an argument (replicated), faces vmapped
+        # One program per (bucket, config): weights are arguments (replicated), faces vmapped
         # and split over the mesh's devices.
-        self._fit = data_parallel(fit_one, self.mesh, (False, True, True, True, True, True, True))
-        self._params = replicate(recognizer.params, self.mesh)
+        batched = (False, False, True, True, True, True, True, True)
+        self._fit = data_parallel(fit_one, self.mesh, batched)
+        self._params = replicate((recognizer.params, view_params), self.mesh)
         self.compile_seconds: dict[int, float] = {}
 
     def bucket(self, n: int) -> int:
@@ -204,7 +210,7 @@ class Cloaker:
             keys,
         )
         rows, _ = pad_rows(rows, n, b)
-        args = (self._params, *shard_rows(rows, self.mesh))
+        args = (*self._params, *shard_rows(rows, self.mesh))
         if b not in self.compile_seconds:
             t0 = time.perf_counter()
             self._fit.lower(*args).compile()  # cached by jit for the call below

@@ -137,3 +137,65 @@ def test_guided_25_step_sampling_matches_diffusers(models):
     print(f"latents rel err {z_err:.2e}, images max abs err {img_err:.2e}")
     assert z_err <= 1e-4, z_err
     assert img_err <= 1e-4, img_err
+
+
+def test_stage2_fits_masks_on_arc2face_views(models):
+    """The generator plugs into the Cloaker: its weights are program arguments."""
+    from jaxcloak.anchors import builtin_pool
+    from jaxcloak.attacks.views import ViewGenerator, make_view_generator
+    from jaxcloak.configs.facecloak import get_config
+    from jaxcloak.nets.registry import load
+    from jaxcloak.protect import Cloaker
+    from jaxcloak.samples import sample_faces
+
+    _, _, nets, params = models
+    rec = load("sface")
+
+    def embed(p, x):  # stand-in identity model: the tiny text encoder is 64 wide
+        return rec.embed(p, x)[:, :ID_DIM]
+
+    views = make_view_generator(
+        "arc2face",
+        nets=nets,
+        params=params,
+        embed=embed,
+        fr_params=rec.params,
+        config=arc2face.Arc2FaceConfig(n_views=2, steps=3),
+        fr_name="sface[:48]",
+    )
+    assert isinstance(views, ViewGenerator) and views.config()["id_model"] == "sface[:48]"
+    faces = np.stack(list(sample_faces(1).values()))  # astronaut, one LFW face
+    face01 = jnp.asarray(faces[0], jnp.float32) / 255
+    out = jax.jit(lambda f, k: views(f, key=k))(face01, jax.random.key(0))
+    assert out.shape == (3, 112, 112, 3)
+    np.testing.assert_array_equal(out[-1], face01)  # the real face last, unchanged
+    assert float(jnp.abs(out[0] - out[1]).max()) > 1e-3
+
+    cloaker = Cloaker(rec, get_config("fixed", "mid", steps=1), views, builtin_pool(), max_batch=2)
+    fitted = cloaker.fit(faces, ["a", "b"])
+    assert [f.delta.shape for f in fitted] == [(112, 112, 3)] * 2
+    assert all(np.abs(f.delta).max() > 0 for f in fitted)
+    assert cloaker.describe()["views"]["name"] == "arc2face"
+
+
+def test_load_arc2face_from_the_published_folder_layouts(models, tmp_path):
+    """Arc2Face (arc2face/ UNet, encoder/ text encoder) + SD-1.5 (vae/, tokenizer/) folders."""
+    from test_clip_text import torch_model, write_tiny_tokenizer
+
+    unet_t, vae_t, _, _ = models
+    a2f, sd = tmp_path / "Arc2Face", tmp_path / "sd15"
+    unet_t.save_pretrained(a2f / "arc2face")
+    text_t = torch_model(TEXT)
+    text_t.save_pretrained(a2f / "encoder")
+    vae_t.save_pretrained(sd / "vae")
+    vocab = write_tiny_tokenizer(sd)
+    nets, params = arc2face.load_arc2face(a2f, sd)
+    assert nets.id_position == 4 and nets.prompt_ids[0, 4] == vocab["id</w>"]
+    eos = vocab["<|endoftext|>"]
+    assert nets.empty_ids[0, 0] == vocab["<|startoftext|>"] and set(nets.empty_ids[0, 1:]) == {eos}
+    tower = getattr(text_t, "text_model", text_t)  # transformers 5 has no nested tower
+    emb = tower.embeddings.token_embedding.weight.detach().numpy()
+    ours = np.asarray(params.text["text_model"]["embeddings"]["token_embedding"]["weight"][...])
+    np.testing.assert_array_equal(ours, emb)
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        arc2face.load_arc2face(tmp_path / "missing", sd)

@@ -127,7 +127,7 @@ def test_registry_config_and_errors(face):
     assert cfg["ranges"]["rotate_deg"] == views_mod.STRENGTHS["low"].rotate_deg
     with pytest.raises(KeyError, match="augment"):
         make_view_generator("stylegan")
-    with pytest.raises(NotImplementedError, match="later"):
+    with pytest.raises(TypeError, match="nets"):  # Arc2Face needs its networks
         make_view_generator("arc2face")
     with pytest.raises(ValueError, match="strength"):
         AugmentViews(strength="extreme")

@@ -18,8 +18,10 @@ update stays float32, as diffusers upcasts it).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -134,3 +136,96 @@ def make_sampler(nets: Arc2FaceNets, config: Arc2FaceConfig) -> Callable[..., ja
 def to_uint8(images: jax.Array | np.ndarray) -> np.ndarray:
     """As the reference stores samples: ``uint8(255 x)``, truncating."""
     return (np.asarray(images) * 255).astype(np.uint8)
+
+
+def load_arc2face(
+    arc2face: str | os.PathLike, sd: str | os.PathLike
+) -> tuple[Arc2FaceNets, Arc2FaceParams]:
+    """Arc2Face's networks from the folders users download (diffusers/transformers layouts).
+
+    Args:
+      arc2face: the Arc2Face model folder: ``arc2face/`` (the UNet: config.json +
+        diffusion_pytorch_model.safetensors) and ``encoder/`` (the CLIP text encoder).
+      sd: a Stable Diffusion 1.5 folder for the ``vae/`` and the ``tokenizer/``.
+
+    Raises:
+      FileNotFoundError / ConversionError: naming the folder or key that is wrong.
+    """
+    a, s = Path(arc2face), Path(sd)
+    for folder in (a, s):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no such folder (Arc2Face needs --arc2face, --sd)")
+    unet_dir = a / "arc2face" if (a / "arc2face").is_dir() else a
+    text_cfg, text_p = clip_text.load_transformers_folder(a)
+    unet_cfg, unet_p = sd_unet.load_diffusers_folder(unet_dir)
+    vae_cfg, vae_p = sd_vae.load_diffusers_folder(s)
+    tok = clip_text.load_tokenizer(s)
+    prompt, id_position = clip_text.arc2face_input_ids(tok)
+    n = prompt.shape[1]
+    empty = np.asarray(
+        tok("", padding="max_length", max_length=n, truncation=True).input_ids, np.int32
+    )[None]
+    nets = Arc2FaceNets(text_cfg, unet_cfg, vae_cfg, prompt, id_position, empty)
+    return nets, Arc2FaceParams(text_p, unet_p, vae_p)
+
+
+class Arc2FaceViews:
+    """Stage-1 view generator (:class:`jaxcloak.attacks.views.ViewGenerator`) from Arc2Face.
+
+    The face's identity comes from ``embed`` (an FR model with a 512-d output; Arc2Face was
+    trained on antelopev2's glintr100 ArcFace embeddings, so an ArcFace IResNet-100 is the
+    closest registered model), the V samples from the compiled sampler; each 512x512 sample is
+    an ArcFace-template-aligned face (Arc2Face is trained on aligned crops upscaled to 512), so
+    it is resized to the crop side rather than re-detected (the reference runs MTCNN on it).
+    All weights travel in :attr:`params` as arguments of the compiled stage-2 program.
+
+    Args:
+      nets, params: from :func:`load_arc2face`.
+      embed: ``embed(fr_params, faces (B, S, S, 3) RGB [0, 1]) -> (B, d)``.
+      fr_params: its weights.
+      config: sampling settings (``n_views`` views per face).
+      fr_name: the FR model's name, for :meth:`config`.
+    """
+
+    name = "arc2face"
+
+    def __init__(
+        self,
+        nets: Arc2FaceNets,
+        params: Arc2FaceParams,
+        embed: Callable[[Params, jax.Array], jax.Array],
+        fr_params: Params,
+        config: Arc2FaceConfig = Arc2FaceConfig(),
+        fr_name: str = "",
+    ):
+        self.nets = nets
+        self.n_views = config.n_views
+        self.sample_config = config
+        self.fr_name = fr_name
+        self.params = (params, fr_params)
+        self._embed = embed
+        self._views = make_views_from_latents(nets, config)
+        cfg = sd_unet.get_config(nets.unet)
+        self._shape = (config.n_views, cfg.sample_size, cfg.sample_size, cfg.in_channels)
+        self._sigma = make_dpm_solver(config.steps).init_noise_sigma
+
+    def config(self) -> dict[str, Any]:
+        c = self.sample_config
+        return {
+            "name": self.name,
+            "n_views": c.n_views,
+            "steps": c.steps,
+            "guidance": c.guidance,
+            "dtype": c.dtype,
+            "id_model": self.fr_name,
+        }
+
+    def __call__(self, face: jax.Array, *, key: jax.Array, params: Any = None) -> jax.Array:
+        """(S, S, 3) float32 [0, 1] face -> (V + 1, S, S, 3): V Arc2Face samples, the face last."""
+        a2f, fr = self.params if params is None else params
+        id_emb = self._embed(fr, face[None])[0]
+        x_t = jax.random.normal(key, self._shape, jnp.float32) * self._sigma
+        images = self._views(a2f, id_emb, x_t)[0]
+        s = face.shape[0]
+        crops = jax.image.resize(images, (self.n_views, s, s, 3), "linear", antialias=True)
+        return jnp.concatenate([jnp.clip(crops, 0, 1), face[None].astype(crops.dtype)])

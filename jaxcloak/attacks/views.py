@@ -3,8 +3,11 @@
 The reference (``facecloak.md`` section 2) draws 8 Arc2Face samples from the face's identity
 embedding and appends the real image last; stage 2 then optimises one mask against all 9. This
 module fixes that contract as :class:`ViewGenerator` and provides a fast, deterministic,
-JAX-native backend, :class:`AugmentViews`, built from :mod:`jaxcloak.augment`. A generative
-(Arc2Face) backend will plug into the same interface.
+JAX-native backend, :class:`AugmentViews`, built from :mod:`jaxcloak.augment`, and the
+published generative one, :class:`jaxcloak.attacks.arc2face.Arc2FaceViews`. A generator whose
+weights are large exposes them as ``params`` (a pytree, or None): stage 2 then passes them as
+an argument of its compiled program (``gen(face, key=key, params=params)``) rather than baking
+them in as constants.
 
 >>> import jax, jax.numpy as jnp
 >>> gen = make_view_generator("augment", n_views=8)
@@ -252,16 +255,15 @@ def _one_view(face: Image, key: PRNGKey, gen: AugmentViews) -> Image:
     return aug.jpeg_like(x, uniform(ks[15], *r.jpeg_quality))
 
 
-def _arc2face_unavailable(**kwargs: Any) -> ViewGenerator:
-    raise NotImplementedError(
-        "view generator 'arc2face' (Arc2Face diffusion samples, as the FaceCloak reference) is "
-        "not available yet; a later jaxcloak release brings it. Use 'augment' meanwhile."
-    )
+def _arc2face(**kwargs: Any) -> ViewGenerator:
+    from .arc2face import Arc2FaceViews  # the diffusion networks load only when asked for
+
+    return Arc2FaceViews(**kwargs)
 
 
 VIEW_GENERATORS: dict[str, Callable[..., ViewGenerator]] = {
     "augment": AugmentViews,
-    "arc2face": _arc2face_unavailable,
+    "arc2face": _arc2face,
 }
 
 
@@ -269,7 +271,8 @@ def make_view_generator(name: str, **kwargs: Any) -> ViewGenerator:
     """Build a registered view generator.
 
     Args:
-      name: "augment" (:class:`AugmentViews`); "arc2face" is reserved for a later release.
+      name: "augment" (:class:`AugmentViews`) or "arc2face"
+        (:class:`jaxcloak.attacks.arc2face.Arc2FaceViews`, needs its networks' weights).
       **kwargs: passed to the generator's constructor.
 
     Returns:
@@ -277,13 +280,11 @@ def make_view_generator(name: str, **kwargs: Any) -> ViewGenerator:
 
     Raises:
       KeyError: for an unknown name (the message lists the known ones).
-      NotImplementedError: for a known backend that is not available yet.
     """
     try:
         factory = VIEW_GENERATORS[name]
     except KeyError:
         raise KeyError(
-            f"unknown view generator {name!r}; known: {sorted(VIEW_GENERATORS)} "
-            "('arc2face' is not available yet)"
+            f"unknown view generator {name!r}; known: {sorted(VIEW_GENERATORS)}"
         ) from None
     return factory(**kwargs)

@@ -1,0 +1,399 @@
+"""Arc2Face "8 views of 4 identities": jaxcloak's compiled sampler vs the diffusers pipeline.
+
+The same random weights on both sides (a diffusers ``UNet2DConditionModel`` and
+``AutoencoderKL`` are built in torch, written with ``save_pretrained`` and read into JAX with
+``load_diffusers_folder``), the same conditioning (cond/uncond from jaxcloak's CLIP text
+encoder, fed to torch too; the text encoder is a negligible share), 25 DPM-Solver++ 2M steps
+(diffusers' ``DPMSolverMultistepScheduler`` configured as SD-1.5's), guidance 3.0. Rows:
+
+- jax: ``make_sampler`` AOT-compiled (compile seconds apart), one call = N=4 people x V=8
+  views, median and p10-p90 of ``--repeats`` calls after one warm-up;
+- torch (reference): as the FaceCloak reference codes it (D14): one batch-1 sampling loop per
+  view (2 CFG branches per UNet call), autograd ON (the graph is kept, never back-propagated),
+  then a batch-1 VAE decode, 4 x 8 = 32 sequential loops per call. Only ``--ref-samples`` of
+  the 32 loops are timed and the per-sample median is scaled x32 (stated in the output);
+- torch (tuned): all 32 views in one batch (64 with CFG), ``torch.no_grad``, one loop, one
+  batched decode.
+
+Configs are random-weight stand-ins, not Arc2Face itself: ``tiny`` is exactly
+``tests/test_arc2face.py``'s, ``mid`` is ~16x its UNet compute (stated in the output).
+torch runs with ``torch.set_num_threads(--torch-threads)`` (2 by default).
+
+  python benchmarks/bench_arc2face.py                        # tiny and mid, 3 repeats
+  python benchmarks/bench_arc2face.py --configs tiny --repeats 5
+  python benchmarks/bench_arc2face.py --ref-samples 8 --md out.md --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from timing import environment, time_calls
+
+from jaxcloak.attacks import arc2face
+from jaxcloak.diffusion.dpm_solver import make_dpm_solver
+from jaxcloak.nets import clip_text, sd_unet, sd_vae
+
+N_IDS, N_VIEWS = 4, 8
+SD15_SCHEDULER = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    steps_offset=1,
+    timestep_spacing="leading",
+    algorithm_type="dpmsolver++",
+    solver_order=2,
+    lower_order_final=True,
+)
+
+
+def _configs() -> dict[str, dict]:
+    tiny_text = clip_text.get_config("tiny")
+    mid_text = dataclasses.replace(
+        tiny_text,
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=1024,
+    )
+    return {
+        "tiny": dict(  # exactly tests/test_arc2face.py
+            text=tiny_text,
+            unet=dataclasses.replace(
+                sd_unet.get_config("tiny"), cross_attention_dim=tiny_text.hidden_size
+            ),
+            vae=sd_vae.get_config("tiny"),
+            id_dim=48,
+        ),
+        "mid": dict(
+            text=mid_text,
+            unet=dataclasses.replace(
+                sd_unet.get_config("tiny"),
+                block_out_channels=(64, 128, 256),
+                cross_attention_dim=mid_text.hidden_size,
+                attention_head_dim=8,
+                layers_per_block=1,
+                sample_size=32,
+                norm_num_groups=32,
+            ),
+            vae=sd_vae.VAEConfig(
+                block_out_channels=(64, 128, 128), layers_per_block=1, sample_size=128
+            ),
+            id_dim=192,
+        ),
+    }
+
+
+def _vae_kwargs(cfg: sd_vae.VAEConfig) -> dict:
+    levels = len(cfg.block_out_channels)
+    return dict(
+        in_channels=cfg.in_channels,
+        out_channels=cfg.out_channels,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=cfg.block_out_channels,
+        layers_per_block=cfg.layers_per_block,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=cfg.norm_num_groups,
+        sample_size=cfg.sample_size,
+    )
+
+
+def _unet_kwargs(cfg: sd_unet.SDUNetConfig) -> dict:
+    return dict(
+        sample_size=cfg.sample_size,
+        in_channels=cfg.in_channels,
+        out_channels=cfg.out_channels,
+        block_out_channels=cfg.block_out_channels,
+        down_block_types=cfg.down_block_types,
+        up_block_types=cfg.up_block_types,
+        layers_per_block=cfg.layers_per_block,
+        cross_attention_dim=cfg.cross_attention_dim,
+        attention_head_dim=cfg.attention_head_dim,
+        norm_num_groups=cfg.norm_num_groups,
+        norm_eps=cfg.norm_eps,
+        transformer_layers_per_block=cfg.transformer_layers_per_block,
+    )
+
+
+def _perturbed(net, torch):
+    """Seeded module with non-trivial norm affines and biases (as the tests build them)."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    return net.eval().float()
+
+
+def build(cfg: dict, folder: Path):
+    """Torch UNet + VAE, their JAX twins loaded from save_pretrained, nets and params."""
+    import diffusers
+    import torch
+
+    torch.manual_seed(0)
+    unet_t = _perturbed(diffusers.UNet2DConditionModel(**_unet_kwargs(cfg["unet"])), torch)
+    vae_t = _perturbed(diffusers.AutoencoderKL(**_vae_kwargs(cfg["vae"])), torch)
+    unet_t.save_pretrained(folder / "unet")
+    vae_t.save_pretrained(folder / "vae")
+    unet_cfg, unet_p = sd_unet.load_diffusers_folder(folder / "unet")
+    vae_cfg, vae_p = sd_vae.load_diffusers_folder(folder / "vae")
+    text = cfg["text"]
+    _, text_p = clip_text.init(text, seed=0)
+    n = text.max_position_embeddings
+    bos, eos = 1, 2
+    prompt = np.full((1, n), eos, np.int32)
+    prompt[0, :7] = [bos, 10, 11, 12, 13, 14, eos]  # "photo of a id person", id at 4
+    empty = np.full((1, n), eos, np.int32)
+    empty[0, 0] = bos
+    nets = arc2face.Arc2FaceNets(text, unet_cfg, vae_cfg, prompt, 4, empty)
+    return unet_t, vae_t, nets, arc2face.Arc2FaceParams(text_p, unet_p, vae_p)
+
+
+def _n_params(module) -> float:
+    return sum(p.numel() for p in module.parameters()) / 1e6
+
+
+def bench_jax(nets, params, ids, steps, guidance, repeats, warmup, check):
+    config = arc2face.Arc2FaceConfig(steps=steps, guidance=guidance, n_views=N_VIEWS)
+    sampler = arc2face.make_sampler(nets, config)
+    keys = jax.random.split(jax.random.key(0), N_IDS)
+    ids_j = jnp.asarray(ids)
+    t0 = time.perf_counter()
+    compiled = sampler.lower(params, ids_j, keys).compile()
+    compile_s = time.perf_counter() - t0
+    t = time_calls(
+        lambda: jax.block_until_ready(compiled(params, ids_j, keys)), warmup=warmup, iters=repeats
+    )
+    side = sd_unet.get_config(nets.unet).sample_size * sd_vae.get_config(nets.vae).downscale
+    shape = (N_IDS, N_VIEWS, side, side, 3)
+    err = None
+    if check:  # the vmapped program = the one-identity pipeline on the same initial latents
+        u = sd_unet.get_config(nets.unet)
+        lat = (N_VIEWS, u.sample_size, u.sample_size, u.in_channels)
+        x_t = jax.random.normal(keys[0], lat, jnp.float32) * make_dpm_solver(steps).init_noise_sigma
+        views = jax.jit(arc2face.make_views_from_latents(nets, config))
+        one = np.asarray(views(params, ids_j[0], x_t)[0])
+        imgs = compiled(params, ids_j, keys)
+        err = float(np.abs(one - np.asarray(imgs[0])).max())
+    return compile_s, t, tuple(shape), err
+
+
+def _conditioning(nets, params, ids):
+    text = clip_text.make_clip_text(nets.text)
+    cond = np.asarray(
+        text.arc2face_prompt_embeds(
+            params.text, jnp.asarray(ids), nets.prompt_ids, nets.id_position
+        )
+    )
+    uncond = np.asarray(text.encode_ids(params.text, nets.empty_ids)[0])
+    return cond, uncond  # (N, L, D), (1, L, D)
+
+
+def _loop(torch, sched, unet_t, vae_t, z, ctx, steps, guidance):
+    sched.set_timesteps(steps)
+    z = z * sched.init_noise_sigma
+    for t in sched.timesteps:  # the reference's loop: [x, x] with [neg, cond]
+        x_in = sched.scale_model_input(torch.cat([z, z]), t)
+        eps_u, eps_c = unet_t(x_in, t, encoder_hidden_states=ctx).sample.chunk(2)
+        z = sched.step(eps_u + guidance * (eps_c - eps_u), t, z).prev_sample
+    return (vae_t.decode(z / 0.18215).sample / 2 + 0.5).clamp(0, 1)
+
+
+def bench_torch_reference(unet_t, vae_t, cond, uncond, side, steps, guidance, n_samples, warmup):
+    """Batch-1 loops with autograd on; times ``n_samples`` of the 32 (after ``warmup``)."""
+    import diffusers
+    import torch
+
+    sched = diffusers.DPMSolverMultistepScheduler(**SD15_SCHEDULER)
+    unc = torch.from_numpy(uncond.copy())
+    gen = torch.Generator().manual_seed(0)
+    per_sample = []
+    for k in range(n_samples + warmup):
+        i = k % N_IDS  # cycle identities; the cost does not depend on whose
+        ctx = torch.cat([unc, torch.from_numpy(cond[i : i + 1])])
+        z = torch.randn((1, 4, side, side), generator=gen)
+        t0 = time.perf_counter()
+        img = _loop(torch, sched, unet_t, vae_t, z, ctx, steps, guidance)
+        assert img.requires_grad  # the graph is kept, as in the reference (never backward)
+        dt = time.perf_counter() - t0
+        del img
+        if k >= warmup:
+            per_sample.append(dt)
+    per_sample.sort()
+    q = (
+        statistics.quantiles(per_sample, n=10, method="inclusive")
+        if len(per_sample) >= 2
+        else per_sample * 9
+    )
+    total = N_IDS * N_VIEWS
+    return {
+        "median": total * statistics.median(per_sample),
+        "p10": total * q[0],
+        "p90": total * q[-1],
+        "n": len(per_sample),
+    }
+
+
+def bench_torch_tuned(unet_t, vae_t, cond, uncond, side, steps, guidance, repeats, warmup):
+    import diffusers
+    import torch
+
+    sched = diffusers.DPMSolverMultistepScheduler(**SD15_SCHEDULER)
+    v = N_IDS * N_VIEWS
+    ctx = torch.from_numpy(np.concatenate([np.repeat(uncond, v, 0), np.repeat(cond, N_VIEWS, 0)]))
+    z = torch.randn((v, 4, side, side), generator=torch.Generator().manual_seed(0))
+
+    def call():
+        with torch.no_grad():
+            return _loop(torch, sched, unet_t, vae_t, z, ctx, steps, guidance)
+
+    return time_calls(call, warmup=warmup, iters=repeats)
+
+
+def _describe(name: str, cfg: dict, unet_t, vae_t) -> str:
+    t, u, v = cfg["text"], cfg["unet"], cfg["vae"]
+    side = u.sample_size * 2 ** (len(v.block_out_channels) - 1)
+    return (
+        f"- `{name}`: text CLIP width {t.hidden_size}, {t.num_hidden_layers} layers, "
+        f"{t.num_attention_heads} heads, MLP {t.intermediate_size}, {t.max_position_embeddings} "
+        f"positions; identity dim {cfg['id_dim']}. UNet block_out {u.block_out_channels}, "
+        f"down {u.down_block_types}, up {u.up_block_types}, layers_per_block "
+        f"{u.layers_per_block}, cross_attention_dim {u.cross_attention_dim}, heads "
+        f"{u.attention_head_dim}, norm groups {u.norm_num_groups}, latents "
+        f"{u.sample_size}x{u.sample_size}x{u.in_channels} ({_n_params(unet_t):.2f}M params). "
+        f"VAE block_out {v.block_out_channels}, layers_per_block {v.layers_per_block}, norm "
+        f"groups {v.norm_num_groups} ({_n_params(vae_t):.2f}M params, decoder used). "
+        f"Images {side}x{side}."
+    )
+
+
+def _row(r: dict) -> str:
+    comp = "-" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
+    speedup = "-" if r["impl"].startswith("jax") else f"{r['jax_speedup']:.1f}x"
+    return (
+        f"| {r['config']} | {r['impl']} | {comp} | {r['call_s']:.2f} | "
+        f"{r['p10_s']:.2f}-{r['p90_s']:.2f} | {r['s_per_view']:.3f} | {speedup} |"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--configs", default="tiny,mid", help="comma-separated: tiny, mid")
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls per row (median)")
+    ap.add_argument(
+        "--ref-samples",
+        default="tiny=32,mid=4",
+        help="batch-1 loops timed (of 32) for the torch reference row, per config",
+    )
+    ap.add_argument("--warmup", type=int, default=1, help="untimed calls (loops) before timing")
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--torch-threads", type=int, default=2)
+    ap.add_argument("--check", default="tiny", help="configs whose JAX output is checked")
+    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--md", help="also write the markdown here")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.torch_threads)
+    all_cfgs = _configs()
+    names = [c for c in args.configs.split(",") if c]
+    ref_n = dict(kv.split("=") for kv in args.ref_samples.split(",") if kv)
+    checks = set(args.check.split(","))
+    env = {**environment(), "torch": torch.__version__, "torch_threads": args.torch_threads}
+    import diffusers
+
+    env["diffusers"] = diffusers.__version__
+    lines = [f"# bench_arc2face  {json.dumps(env)}", ""]
+    lines.append(
+        f"Sample {N_VIEWS} views for {N_IDS} identities: {args.steps} DPM-Solver++ 2M steps, "
+        f"CFG {args.guidance}, float32, random weights shared by both sides. Configs:"
+    )
+    print("\n".join(lines), flush=True)
+    rows, descs, notes = [], [], []
+    header = [
+        "",
+        "| config | implementation | compile s | s per call (median) | p10-p90 | s per view "
+        "| JAX speed-up |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        cfg = all_cfgs[name]
+        with tempfile.TemporaryDirectory() as tmp:
+            unet_t, vae_t, nets, params = build(cfg, Path(tmp))
+        desc = _describe(name, cfg, unet_t, vae_t)
+        descs.append(desc)
+        print(desc, flush=True)
+        ids = np.random.default_rng(0).standard_normal((N_IDS, cfg["id_dim"])).astype(np.float32)
+        cond, uncond = _conditioning(nets, params, ids)
+        side = cfg["unet"].sample_size
+        common = (args.steps, args.guidance)
+        c_s, t_jax, shape, err = bench_jax(
+            nets, params, ids, *common, args.repeats, args.warmup, name in checks
+        )
+        print(f"  jax: compile {c_s:.1f} s, call {t_jax['median']:.2f} s, out {shape}", flush=True)
+        if err is not None:
+            notes.append(
+                f"`{name}`: JAX sampler output of identity 0 vs jitted "
+                f"`make_views_from_latents` on the same latents: max abs diff {err:.1e}."
+            )
+        n_ref = int(ref_n.get(name, 4))
+        t_ref = bench_torch_reference(
+            unet_t, vae_t, cond, uncond, side, *common, n_ref, args.warmup
+        )
+        print(f"  torch reference: {t_ref['median']:.2f} s (x32 of {n_ref})", flush=True)
+        t_tuned = bench_torch_tuned(
+            unet_t, vae_t, cond, uncond, side, *common, args.repeats, args.warmup
+        )
+        print(f"  torch tuned: {t_tuned['median']:.2f} s", flush=True)
+        notes.append(
+            f"`{name}` torch (reference): {n_ref} of the {N_IDS * N_VIEWS} batch-1 loops timed "
+            f"(after {args.warmup} warm-up loop(s)); s per call = 32 x their median "
+            "(p10-p90 likewise)."
+        )
+        for impl, t, comp in [
+            ("jax (compiled sampler)", t_jax, c_s),
+            ("torch (reference: 32 x batch-1, autograd on)", t_ref, None),
+            ("torch (tuned: batch 32, no_grad)", t_tuned, None),
+        ]:
+            rows.append(
+                {
+                    "config": name,
+                    "impl": impl,
+                    "compile_s": None if comp is None else round(comp, 2),
+                    "call_s": round(t["median"], 3),
+                    "p10_s": round(t["p10"], 3),
+                    "p90_s": round(t["p90"], 3),
+                    "timed": t["n"],
+                    "s_per_view": round(t["median"] / (N_IDS * N_VIEWS), 4),
+                    "jax_speedup": round(t["median"] / t_jax["median"], 2),
+                }
+            )
+    table = header + [_row(r) for r in rows]
+    tail = ["", *[f"- {n}" for n in notes]]
+    print("\n".join(table + tail), flush=True)
+    if args.md:
+        Path(args.md).write_text("\n".join(lines + descs + table + tail) + "\n")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"env": env, "configs": descs, "rows": rows, "notes": notes}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
