@@ -390,7 +390,15 @@ def _view_generator(args: argparse.Namespace):
     from .attacks.arc2face import Arc2FaceConfig, load_arc2face
     from .nets.registry import load
 
-    nets, params = load_arc2face(args.arc2face, args.sd)
+    try:
+        nets, params = load_arc2face(args.arc2face, args.sd)
+    except ImportError as e:
+        raise SystemExit(
+            f"error: --views arc2face reads the SD tokenizer with transformers ({e}); "
+            'pip install "jaxcloak[arc2face]"'
+        ) from e
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: --views arc2face: {e}") from e
     fr = load(args.id_model)
     if fr.spec.embedding_dim != 512:
         raise SystemExit(

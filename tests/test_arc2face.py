@@ -23,21 +23,14 @@ from test_sd_unet import diffusers_kwargs  # noqa: E402
 from test_sd_vae import TINY_DIFFUSERS  # noqa: E402
 
 from jaxcloak.attacks import arc2face  # noqa: E402
+from jaxcloak.diffusion.dpm_solver import SD15_SCHEDULE  # noqa: E402
 from jaxcloak.nets import clip_text, sd_unet, sd_vae  # noqa: E402
 
 TEXT = clip_text.get_config("tiny")
 ID_DIM = 48  # the tiny text width is 64; the real model pads 512 -> 768
 UNET = dataclasses.replace(sd_unet.get_config("tiny"), cross_attention_dim=TEXT.hidden_size)
 SD15_SCHEDULER = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    steps_offset=1,
-    timestep_spacing="leading",
-    algorithm_type="dpmsolver++",
-    solver_order=2,
-    lower_order_final=True,
+    **SD15_SCHEDULE, algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True
 )
 
 

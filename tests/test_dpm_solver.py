@@ -21,15 +21,7 @@ from jaxcloak.diffusion import dpm_solver  # noqa: E402
 
 RTOL = 1e-5
 SD15 = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    steps_offset=1,
-    timestep_spacing="leading",
-    set_alpha_to_one=False,
-    clip_sample=False,
-    trained_betas=None,
+    **dpm_solver.SD15_SCHEDULE, set_alpha_to_one=False, clip_sample=False, trained_betas=None
 )
 SHAPE = (2, 8, 8, 4)
 

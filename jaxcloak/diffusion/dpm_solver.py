@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "SD15_SCHEDULE",
     "DDIMSolverSchedule",
     "DPMSolverSchedule",
     "Guidance",
@@ -50,6 +51,18 @@ __all__ = [
     "sample",
     "timesteps_for",
 ]
+
+#: SD-1.5's training schedule and timestep spacing (``scheduler_config.json``, diffusers keyword
+#: names): :func:`make_dpm_solver`'s defaults; tests and benchmarks build diffusers' schedulers
+#: from it.
+SD15_SCHEDULE: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+}
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 """``eps_fn(x, t) -> eps``: x (B, ...), t an int32 scalar timestep; eps shaped like x."""
