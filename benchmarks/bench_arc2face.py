@@ -44,20 +44,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 from timing import environment, time_calls
 
 from jaxcloak.attacks import arc2face
-from jaxcloak.diffusion.dpm_solver import make_dpm_solver
+from jaxcloak.diffusion.dpm_solver import SD15_SCHEDULE, make_dpm_solver
 from jaxcloak.nets import clip_text, sd_unet, sd_vae
 
 N_IDS, N_VIEWS = 4, 8
 SD15_SCHEDULER = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    steps_offset=1,
-    timestep_spacing="leading",
-    algorithm_type="dpmsolver++",
-    solver_order=2,
-    lower_order_final=True,
+    **SD15_SCHEDULE, algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True
 )
 
 
