@@ -121,13 +121,21 @@ def test_killed_run_resumes_without_redoing_or_corrupting(killed_and_resumed, ph
     assert len(manifest["masks"]) == N_PHOTOS  # one face each, masks of both runs
 
 
-def test_rerun_loads_every_program_from_the_persistent_cache(killed_and_resumed):
-    """The restarted run compiled nothing: every program came from the first run's cache."""
+def test_second_run_loads_every_program_from_the_persistent_cache(killed_and_resumed, photos):
+    """The same job again, into a new folder: every program comes from the cache."""
     r = killed_and_resumed
-    assert _compiled(r["again"].stdout) == 0, r["again"].stdout
-    data = json.loads((r["out"] / "manifest.json").read_text())["compilation"]
+    out = r["out"].with_name("second")
+    run = subprocess.run(
+        _cmd(photos, out), env=_env(r["cache"]), capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert _compiled(run.stdout) == 0, run.stdout
+    data = json.loads((out / "manifest.json").read_text())["compilation"]
     assert data["compiled"] == 0 and data["cache_hits"] > 5
     assert Path(data["cache_dir"]) == r["cache"]
+    # Same bytes as the killed-and-resumed job: determinism across processes and restarts.
+    for p in photos.glob("*.jpg"):
+        assert (out / p.name).read_bytes() == (r["out"] / p.name).read_bytes()
 
 
 def _free_port() -> int:
