@@ -122,24 +122,28 @@ def gather_rows(tree: Any, n: int) -> Any:
 
 
 def run_batched(
-    fn: Callable[..., Any],
-    mesh: Mesh,
-    shared: Sequence[Any],
-    rows: Sequence[Any],
-    *,
-    multiple: int | None = None,
+    fn: Callable[..., Any], mesh: Mesh, shared: Sequence[Any], rows: Sequence[Any]
 ) -> Any:
     """Call a jitted ``fn(*shared, *rows)`` whose row arguments are split over ``mesh``.
 
-    The rows are padded to a multiple of the device count (or ``multiple``), put with
+    The rows are padded to a multiple of the device count, put with
     ``P("data")``, the shared arguments replicated; XLA partitions the batch (every op of
     the functions used here is per-example) and the first ``n`` output rows come back in
     input order as NumPy. For programs already written per example, prefer
     :func:`data_parallel`.
     """
     n = len(jax.tree.leaves(rows)[0])
-    k = multiple or n_shards(mesh)
+    k = n_shards(mesh)
     size = -(-n // k) * k
     padded, _ = pad_rows(tuple(rows), n, size)
     out = fn(*replicate(tuple(shared), mesh), *shard_rows(padded, mesh))
     return gather_rows(out, n)
+
+
+def cast_floating(tree: Any, dtype: Any) -> Any:
+    """Every floating leaf of ``tree`` cast to ``dtype`` (integer leaves, e.g. ids, kept):
+    how networks run in bf16 while their weights are stored in float32."""
+    return jax.tree.map(
+        lambda a: a.astype(dtype) if jax.numpy.issubdtype(a.dtype, jax.numpy.floating) else a,
+        tree,
+    )

@@ -29,6 +29,7 @@ from .faces.photo import Photo
 from .nets.registry import FaceRecognizer
 from .parallel import (
     bucket_for,
+    cast_floating,
     data_parallel,
     make_mesh,
     n_shards,
@@ -279,7 +280,7 @@ def with_compute_dtype(embed, dtype: str | None):
         raise ValueError(f"compute dtype must be float32 or bfloat16, got {dtype!r}")
 
     def low(params, x):
-        cast = lambda a: a.astype(jnp.bfloat16) if jnp.issubdtype(a.dtype, jnp.floating) else a  # noqa: E731
-        return embed(jax.tree.map(cast, params), cast(x)).astype(jnp.float32)
+        params, x = cast_floating((params, x), jnp.bfloat16)
+        return embed(params, x).astype(jnp.float32)
 
     return low

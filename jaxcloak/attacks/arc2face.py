@@ -30,6 +30,7 @@ import numpy as np
 
 from ..diffusion.dpm_solver import Guidance, make_dpm_solver, sample
 from ..nets import clip_text, sd_unet, sd_vae
+from ..parallel import cast_floating
 from ..typing import Params
 
 
@@ -63,12 +64,6 @@ class Arc2FaceNets(NamedTuple):
     empty_ids: np.ndarray  # (1, L) int32: the empty prompt, padded (negative branch)
 
 
-def _cast(tree: Any, dtype: jnp.dtype) -> Any:
-    return jax.tree.map(
-        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree
-    )
-
-
 def make_views_from_latents(
     nets: Arc2FaceNets, config: Arc2FaceConfig
 ) -> Callable[[Arc2FaceParams, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
@@ -88,7 +83,7 @@ def make_views_from_latents(
     empty = jnp.asarray(nets.empty_ids, jnp.int32)
 
     def views(params: Arc2FaceParams, id_emb: jax.Array, x_t: jax.Array):
-        p = _cast(params, dtype)
+        p = cast_floating(params, dtype)
         v = x_t.shape[0]
         cond = text.arc2face_prompt_embeds(
             p.text, id_emb[None].astype(dtype), prompt, nets.id_position
