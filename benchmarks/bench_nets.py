@@ -10,10 +10,14 @@ For each network and batch size, one run measures, side by side:
 * a parity column: the minimum cosine between the two implementations' embeddings.
 
 Each side gets its native layout (JAX NHWC, torch NCHW); both use every core of the machine.
+``--device cuda`` puts the torch side on the GPU (each timed call ends with
+``torch.cuda.synchronize()``, TF32 off: jaxcloak's layers compute in true float32 too); JAX
+uses its default device.
 
   python benchmarks/bench_nets.py                          # all nets, batches 1 and 32
   python benchmarks/bench_nets.py --nets r50 mobile_face --batches 1 --repeats 3
   python benchmarks/bench_nets.py --json out/nets.json
+  python benchmarks/bench_nets.py --device cuda --batches 1 32 256
 """
 
 from __future__ import annotations
@@ -137,10 +141,14 @@ def _time_jax(compiled: Callable, args: tuple, repeats: int) -> dict[str, float]
     return _time(lambda: jax.block_until_ready(compiled(*args)), repeats)
 
 
-def bench_net(name: str, batches: list[int], repeats: int, seed: int = 0) -> list[dict]:
+def bench_net(
+    name: str, batches: list[int], repeats: int, seed: int = 0, device: str = "cpu"
+) -> list[dict]:
     net = NETS[name]
     model = _torch_model(net, seed)
     state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    model.to(device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
     params = convert_state_dict(state, net.arch, net.variant)
     embed = arch_module(net.arch).make_embed(net.variant)
     rng = np.random.default_rng(seed)
@@ -157,23 +165,26 @@ def bench_net(name: str, batches: list[int], repeats: int, seed: int = 0) -> lis
         fwd, fwd_compile = compile_jax(embed, params, xj)
         grad, grad_compile = compile_jax(jax.grad(loss, argnums=1), params, xj, tj)
 
-        xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-        tt = torch.from_numpy(target)
+        xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device)
+        tt = torch.from_numpy(target).to(device)
 
         def torch_fwd(xin=xt):
             with torch.no_grad():
                 out = model((xin * 255.0 - net.mean) / net.std)
-                return torch.nn.functional.normalize(out, dim=-1)
+                out = torch.nn.functional.normalize(out, dim=-1)
+            sync()
+            return out
 
         def torch_grad(xin=xt, t=tt):
             xg = xin.clone().requires_grad_(True)
             out = torch.nn.functional.normalize(model((xg * 255.0 - net.mean) / net.std), dim=-1)
             (out * t).sum().backward()
+            sync()
             return xg.grad
 
-        cos = np.sum(np.asarray(fwd(params, xj)) * torch_fwd().numpy(), axis=-1).min()
+        cos = np.sum(np.asarray(fwd(params, xj)) * torch_fwd().cpu().numpy(), axis=-1).min()
         g_j = np.asarray(grad(params, xj, tj)).transpose(0, 3, 1, 2).ravel()
-        g_t = torch_grad().numpy().ravel()
+        g_t = torch_grad().cpu().numpy().ravel()
         g_cos = float(g_j @ g_t / np.linalg.norm(g_j) / np.linalg.norm(g_t))
         timings = {
             "fwd": (fwd_compile, _time_jax(fwd, (params, xj), repeats), _time(torch_fwd, repeats)),
@@ -206,15 +217,20 @@ def main() -> None:
     parser.add_argument("--nets", nargs="+", default=list(DEFAULT_NETS), choices=sorted(NETS))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     parser.add_argument("--json", help="also write rows and environment here")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     env = {**environment(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    env["torch_device"] = args.device
+    if args.device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name()
     print(json.dumps(env), flush=True)
     rows = []
     t0 = time.perf_counter()
     for name in args.nets:
-        rows += bench_net(name, args.batches, args.repeats)
+        rows += bench_net(name, args.batches, args.repeats, device=args.device)
     cols = list(rows[0])
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     print("| " + " | ".join(c.ljust(widths[c]) for c in cols) + " |")

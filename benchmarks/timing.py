@@ -6,6 +6,7 @@ each synchronised with ``block_until_ready``; we report medians and the 10/90th 
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import subprocess
@@ -38,12 +39,13 @@ def compile_jax(fn: Callable, *args: Any) -> tuple[Callable, float]:
 
 
 def environment() -> dict[str, str]:
+    # A copy of the tree without .git (a lent GPU machine) names its commit in JAXCLOAK_COMMIT.
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
     except Exception:
-        commit = "unknown"
+        commit = os.environ.get("JAXCLOAK_COMMIT", "unknown")
     dev = jax.devices()[0]
     return {
         "date": time.strftime("%Y-%m-%d"),

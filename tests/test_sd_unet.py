@@ -321,6 +321,26 @@ def test_whole_net_parity(unet: Any, loaded: tuple[SDUNetConfig, Any]) -> None:
     assert np.abs(ref[0] - ref[1]).max() > 0.1
 
 
+def test_query_blocks_match_diffusers(
+    unet: Any, loaded: tuple[SDUNetConfig, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Long sequences attend in query blocks (bounded logits memory); exact vs diffusers."""
+    cfg, params = loaded
+    tokens = cfg.sample_size**2
+    monkeypatch.setattr(sd_unet, "_QUERY_BLOCK", tokens // 4)  # the top level in 4 blocks
+    latents, context = inputs(cfg, seed=2)
+    lowered = jax.jit(make_unet(cfg)).lower(
+        params, jnp.asarray(latents), jnp.asarray(TIMES), jnp.asarray(context)
+    )
+    assert "while" in lowered.as_text()  # the blocked path (lax.map) was taken
+    eps = lowered.compile()(params, jnp.asarray(latents), jnp.asarray(TIMES), jnp.asarray(context))
+    with torch.no_grad():
+        out = unet(nchw(latents), torch.from_numpy(TIMES), torch.from_numpy(context)).sample
+    err = rel_err(eps, nhwc(out))
+    print(f"\ntiny whole-net rel_err with query blocks of {tokens // 4}: {err:.2e}")
+    assert err <= NET_RTOL
+
+
 # ---------------------------------------------------------------------------------------------
 # Converter failures
 # ---------------------------------------------------------------------------------------------
