@@ -3,6 +3,15 @@
   python benchmarks/run.py                 # default size (about 15-20 min on a 2-core CPU)
   python benchmarks/run.py --quick         # the whole harness at small sizes (about 2-3 min)
   python benchmarks/run.py --json r.json --md r.md
+  python benchmarks/run.py --torch-device cuda --json r.json --md r.md
+
+On a GPU: JAX's workers use its default device (the GPU when a CUDA jaxlib is installed);
+``--torch-device cuda`` puts every PyTorch module and input on the GPU too (default ``cpu``).
+Float32 is true float32 on both sides (jaxcloak's layers ask for HIGHEST precision; the JAX
+workers' default matmul precision is set to "highest" and torch's TF32 is switched off), so
+the two compute the same thing. The harness process itself
+keeps JAX on the CPU (it only prepares inputs and scores outcomes), so each worker has the GPU
+to itself; the devices, GPU name and precision are recorded with the environment.
 
 Workloads (each row runs in its own subprocess, so its peak RSS and cold time are its own):
 
@@ -107,8 +116,11 @@ def _ir50_torch(requires_grad: bool):
     return net
 
 
-def surrogate(name: str, framework: str, requires_grad: bool = True):
-    """``embed`` on (N, 112, 112, 3) RGB [0, 1] faces -> unit (N, D), and its params (JAX)."""
+def surrogate(name: str, framework: str, requires_grad: bool = True, device: str = "cpu"):
+    """``embed`` on (N, 112, 112, 3) RGB [0, 1] faces -> unit (N, D), and its params (JAX).
+
+    ``device``: where the PyTorch module lives (JAX places its arrays itself).
+    """
     if framework == "jax":
         if name == "sface":
             from jaxcloak.nets import load
@@ -125,8 +137,8 @@ def surrogate(name: str, framework: str, requires_grad: bool = True):
     if name == "sface":
         from torch_reference.onnx_torch import sface_torch
 
-        return sface_torch(requires_grad)[1], None
-    net = _ir50_torch(requires_grad)
+        return sface_torch(requires_grad, device=device)[1], None
+    net = _ir50_torch(requires_grad).to(device)  # seeded on the host, then moved
 
     def embed_t(images):  # irse.preprocess: (255 x - 127.5) / 127.5
         x = (images.permute(0, 3, 1, 2) * 255.0 - 127.5) / 127.5
@@ -208,6 +220,55 @@ def _flops(fn, *args) -> float | None:
     return float(cost["flops"]) if cost and "flops" in cost else None
 
 
+def _jax_setup(row: dict) -> str:
+    """True float32 matmuls when JAX runs on a GPU (its default there may be TF32); return its
+    device as ``platform:kind``. On CPU nothing changes (float32 is float32 there)."""
+    import jax
+
+    dev = jax.devices()[0]
+    if dev.platform != "cpu":
+        jax.config.update("jax_default_matmul_precision", "highest")
+    return f"{dev.platform}:{getattr(dev, 'device_kind', '')}"
+
+
+def _torch_setup(row: dict, autotune: bool = False):
+    """The row's torch device (``row["torch_device"]``), TF32 off on CUDA (true float32, as
+    the JAX side); a clear error if CUDA was asked for and is not there.
+
+    ``autotune`` (the tuned rows): cuDNN picks its convolution algorithms by timing them, as
+    XLA does when it compiles the JAX side; the as-coded rows keep torch's defaults.
+    """
+    import torch
+
+    device = torch.device(row.get("torch_device", "cpu"))
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            what = " ".join(str(row[k]) for k in ("kind", "side", "surrogate", "batch") if k in row)
+            raise RuntimeError(
+                f"row {what}: --torch-device cuda, but torch {torch.__version__} sees no CUDA "
+                "device"
+            )
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False  # torch's default is True for convolutions
+        torch.backends.cudnn.benchmark = autotune
+    return device
+
+
+def _synced(fn, device):
+    """``fn`` ending with a device sync on CUDA: kernels run asynchronously, so an unsynced
+    call would time only their launches (``_timed`` needs calls that block until done)."""
+    if device.type != "cuda":
+        return fn
+    import torch
+
+    def call():
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+
+    return call
+
+
 def worker_facecloak_jax(row: dict, inputs: dict) -> dict:
     """The faithful JAX scan: timed main run; with ``extras``, also the 2-step parity run and
     the e+-nudged run (same compiled program, e+ scaled by 1 + 1e-7, the size of float32
@@ -222,6 +283,7 @@ def worker_facecloak_jax(row: dict, inputs: dict) -> dict:
     from jaxcloak.configs.facecloak import FAITHFUL
     from jaxcloak.faces.chain import identity_taps
 
+    _jax_setup(row)
     b = row["batch"]
     embed, params = surrogate(row["surrogate"], "jax")
     taps = identity_taps()
@@ -268,12 +330,12 @@ def worker_facecloak_jax(row: dict, inputs: dict) -> dict:
     return result
 
 
-def _nchw_ref(x):
-    """(..., S, S, 3) [0, 1] NumPy -> (..., 3, S, S) torch tensor in [-1, 1]."""
+def _nchw_ref(x, device):
+    """(..., S, S, 3) [0, 1] NumPy -> (..., 3, S, S) torch tensor in [-1, 1] on ``device``."""
     import numpy as np
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(2.0 * x - 1.0, -1, -3)))
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(2.0 * x - 1.0, -1, -3))).to(device)
 
 
 def worker_facecloak_torch(row: dict, inputs: dict) -> dict:
@@ -284,15 +346,18 @@ def worker_facecloak_torch(row: dict, inputs: dict) -> dict:
     from jaxcloak.objectives.facecloak import highpass_mask, sticker_boxes
 
     b, passes, tuned = row["batch"], row["passes"], row["side"] != "torch-eager"
-    embed01, _ = surrogate(row["surrogate"], "torch", requires_grad=not tuned)
+    device = _torch_setup(row, autotune=tuned)
+    embed01, _ = surrogate(row["surrogate"], "torch", not tuned, str(device))
 
     def embed(x):  # reference units, NCHW -> unit rows
         return embed01(((x + 1.0) * 0.5).permute(0, 2, 3, 1))
 
-    views = _nchw_ref(inputs["views"][:b]).float()
-    e_sim = torch.from_numpy(inputs["e_sim"][:b])
-    e_dist = torch.from_numpy(inputs["e_dist"][:b])
+    # Inputs (rho0 included) are the host arrays of the CPU run, moved: the same draws.
+    views = _nchw_ref(inputs["views"][:b], device).float()
+    e_sim = torch.from_numpy(inputs["e_sim"][:b]).to(device)
+    e_dist = torch.from_numpy(inputs["e_dist"][:b]).to(device)
     rho0 = torch.from_numpy(np.ascontiguousarray(np.moveaxis(inputs["rho0"][:b], -1, 1)))
+    rho0 = rho0.to(device)
     if tuned:
 
         def run(passes=passes, nv=N_VIEWS):
@@ -302,8 +367,8 @@ def worker_facecloak_torch(row: dict, inputs: dict) -> dict:
 
     else:  # as coded: one identity at a time, its handlers from the real face (last view)
         real = (inputs["views"][0, -1] * 255).astype(np.uint8)
-        boxes = torch.from_numpy(sticker_boxes(112))[:, None]
-        hp = torch.from_numpy(np.moveaxis(highpass_mask(real), -1, 0).copy())
+        boxes = torch.from_numpy(sticker_boxes(112))[:, None].to(device)
+        hp = torch.from_numpy(np.moveaxis(highpass_mask(real), -1, 0).copy()).to(device)
 
         def run(passes=passes, nv=N_VIEWS):
             outs = [
@@ -324,12 +389,12 @@ def worker_facecloak_torch(row: dict, inputs: dict) -> dict:
     def arrays(out, tag=""):
         mask, alpha, rho = out
         return {
-            f"mask{tag}": mask.numpy(),
-            f"alpha{tag}": alpha.permute(0, 2, 3, 1).numpy(),
-            f"rho{tag}": rho.permute(0, 2, 3, 1).numpy(),
+            f"mask{tag}": mask.cpu().numpy(),
+            f"alpha{tag}": alpha.permute(0, 2, 3, 1).cpu().numpy(),
+            f"rho{tag}": rho.permute(0, 2, 3, 1).cpu().numpy(),
         }
 
-    res = _timed(run, row["repeats"])
+    res = _timed(_synced(run, device), row["repeats"])
     out = res.pop("out")
     result = {
         **res,
@@ -342,12 +407,15 @@ def worker_facecloak_torch(row: dict, inputs: dict) -> dict:
 
 
 def worker_machine(row: dict, inputs: dict) -> dict:
-    """Attainable float32 matmul and 3x3 conv throughput, JAX and PyTorch (GFLOP/s)."""
+    """Attainable float32 matmul and 3x3 conv throughput, JAX and PyTorch (GFLOP/s), each on
+    the device (and at the GPU precision) its workload rows use; also those devices."""
     import jax
     import jax.numpy as jnp
     import numpy as np
     import torch
 
+    jax_device = _jax_setup(row)
+    device = _torch_setup(row)
     n, (cb, cs, cc) = row["matmul_n"], row["conv"]
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), np.float32)
@@ -366,18 +434,27 @@ def worker_machine(row: dict, inputs: dict) -> dict:
     )
     out["jax_conv"] = conv_flops / _timed(lambda: g(xj, wj).block_until_ready(), 5)["median_s"]
     with torch.no_grad():
-        at = torch.from_numpy(a)
-        out["torch_matmul"] = mm_flops / _timed(lambda: at @ at, 5)["median_s"]
-        xt = torch.from_numpy(np.moveaxis(x, -1, 1).copy()).contiguous(
-            memory_format=torch.channels_last
+        at = torch.from_numpy(a).to(device)
+        out["torch_matmul"] = mm_flops / _timed(_synced(lambda: at @ at, device), 5)["median_s"]
+        xt = (
+            torch.from_numpy(np.moveaxis(x, -1, 1).copy())
+            .to(device)
+            .contiguous(memory_format=torch.channels_last)
         )
-        wt = torch.from_numpy(np.transpose(w, (3, 2, 0, 1)).copy())
-        out["torch_conv"] = (
-            conv_flops
-            / _timed(lambda: torch.nn.functional.conv2d(xt, wt, padding=1), 5)["median_s"]
-        )
+        wt = torch.from_numpy(np.transpose(w, (3, 2, 0, 1)).copy()).to(device)
+        conv = _synced(lambda: torch.nn.functional.conv2d(xt, wt, padding=1), device)
+        out["torch_conv"] = conv_flops / _timed(conv, 5)["median_s"]
     out = {k: v / 1e9 for k, v in out.items()}
     out["torch_threads"] = torch.get_num_threads()
+    out["torch_version"] = torch.__version__
+    out["torch_device"] = str(device)
+    out["jax_device"] = jax_device
+    out["jax_platform"] = jax_device.split(":")[0]
+    out["gpu_name"] = None
+    if device.type == "cuda":
+        out["gpu_name"] = torch.cuda.get_device_name(device)
+    elif out["jax_platform"] != "cpu":  # JAX on the GPU, torch on the CPU: JAX names it
+        out["gpu_name"] = jax_device.split(":", 1)[1]
     return out
 
 
@@ -388,6 +465,10 @@ def _run_worker(row: dict, inputs: Path | None, out: Path) -> dict:
         cmd += ["--worker-inputs", str(inputs)]
     # A fresh inductor cache per harness run, so torch.compile's cold time is a cold time.
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(out.parent / "inductor")}
+    if row["kind"].endswith("-torch"):
+        # JAX only converts weights there: keep it off the GPU, whose memory it would
+        # otherwise preallocate (75%) under the PyTorch row being measured.
+        env["JAX_PLATFORMS"] = "cpu"
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"row {row} failed:\n{proc.stderr[-4000:]}")
@@ -460,8 +541,10 @@ def final_losses(name: str, inputs: dict, masks) -> list[float]:
     return list(np.sum(e * inputs["e_sim"][:n], 1) - np.sum(e * inputs["e_dist"][:n], 1))
 
 
-def facecloak_rows(size: Size, tmp: Path, log) -> list[dict]:
+def facecloak_rows(size: Size, tmp: Path, log, devices: dict | None = None) -> list[dict]:
     """Timing rows per surrogate and identity batch, with their parity columns.
+
+    ``devices`` (``torch_device``) goes into every worker row.
 
     The faithful update is chaotic (lambda_alpha 10 with the 0.01 std guard and the sign
     step amplify float32 rounding by orders of magnitude per step), so a 90-step mask cannot
@@ -496,7 +579,9 @@ def facecloak_rows(size: Size, tmp: Path, log) -> list[dict]:
             results = {}
             for side in sides:
                 log(f"facecloak {name} batch {b} {side} ({passes} pass(es))...")
-                fc_row = _fc_row(side, name, b, passes, size.repeats, extras=b == 1)
+                fc_row = _fc_row(
+                    side, name, b, passes, size.repeats, extras=b == 1, **(devices or {})
+                )
                 results[side] = run(fc_row, f"{b}_{side}")
                 r = results[side]
                 rows.append(
@@ -553,14 +638,17 @@ def _ratios(rows: list[dict]) -> None:
 
 
 def markdown(result: dict) -> str:
-    m = result["machine"]
+    m, env = result["machine"], result["env"]
     peak_mm = max(m["jax_matmul"], m["torch_matmul"])
     peak_conv = max(m["jax_conv"], m["torch_conv"])
+    devices = f"JAX on {env.get('device', '?')}, torch on {env.get('torch_device', 'cpu')}"
+    if env.get("gpu_name"):
+        devices += f" ({env['gpu_name']}; float32 without TF32 on both sides)"
     lines = [
         f"Machine: attainable float32 matmul {peak_mm:.1f} GFLOP/s (JAX {m['jax_matmul']:.1f}, "
         f"torch {m['torch_matmul']:.1f}), 3x3 conv {peak_conv:.1f} GFLOP/s (JAX "
         f"{m['jax_conv']:.1f}, torch {m['torch_conv']:.1f}); torch threads "
-        f"{m['torch_threads']}.",
+        f"{m['torch_threads']}. {devices}.",
         "",
         "FaceCloak stage 2, faithful (`afog_cloak_multi`, 90 steps per identity):",
         "",
@@ -654,6 +742,7 @@ def worker_map_jax(row: dict, inputs: dict) -> dict:
     from jaxcloak.map_run import fer_expression_loss
     from jaxcloak.nets import fer_xception
 
+    _jax_setup(row)
     config = map_config(row["n_train"])
     net = shared_score_net(row["variant"], seed=0, zero_out=True)
     embed, fr_params = surrogate("sface", "jax")
@@ -702,23 +791,26 @@ def worker_map_torch(row: dict, inputs: dict) -> dict:
     from torch_reference.onnx_torch import sface_torch
 
     tuned = row["side"] != "torch-eager"
-    net = shared_score_net(row["variant"], seed=0, zero_out=True).torch_net
-    module, embed = sface_torch(requires_grad=not tuned)
+    device = _torch_setup(row, autotune=tuned)
+    # Built (and seeded) on the host, as the JAX side's weights, then moved.
+    net = shared_score_net(row["variant"], seed=0, zero_out=True).torch_net.to(device)
+    module, embed = sface_torch(requires_grad=not tuned, device=device)
     step = make_torch_map_step(
         net,
         [(module, embed, 1.0)],
-        load_fer_torch(requires_grad=not tuned),
+        load_fer_torch(requires_grad=not tuned, device=device),
         map_config(row["n_train"]),
         tuned=tuned,
         compile=row["side"] == "torch-compiled",
     )
-    x0, x_lat = to_nchw(inputs["x0"]), to_nchw(inputs["x_lat"])
-    target = torch.from_numpy(inputs["target"])
+    x0, x_lat = to_nchw(inputs["x0"]).to(device), to_nchw(inputs["x_lat"]).to(device)
+    target = torch.from_numpy(inputs["target"]).to(device)
+    one = _synced(lambda: step.step(x0, x_lat, target, HAPPY), device)
     t0 = time.perf_counter()
-    losses = [step.step(x0, x_lat, target, HAPPY)]
+    losses = [one()]
     first = time.perf_counter() - t0
-    losses += [step.step(x0, x_lat, target, HAPPY) for _ in range(MAP_PARITY_STEPS - 1)]
-    res = _timed(lambda: step.step(x0, x_lat, target, HAPPY), row["repeats"])
+    losses += [one() for _ in range(MAP_PARITY_STEPS - 1)]
+    res = _timed(one, row["repeats"])
     res.pop("out")
     return {
         **res,
@@ -729,8 +821,11 @@ def worker_map_torch(row: dict, inputs: dict) -> dict:
     }
 
 
-def map_rows(size: Size, tmp: Path, log) -> list[dict]:
-    """One train step of MAP per side; parity: the loss terms of the first 3 steps."""
+def map_rows(size: Size, tmp: Path, log, devices: dict | None = None) -> list[dict]:
+    """One train step of MAP per side; parity: the loss terms of the first 3 steps.
+
+    ``devices`` (``torch_device``) goes into every worker row.
+    """
     import numpy as np
 
     log(f"map: inputs ({size.map_variant} score network)...")
@@ -748,6 +843,7 @@ def map_rows(size: Size, tmp: Path, log) -> list[dict]:
             "variant": size.map_variant,
             "n_train": size.map_n_train,
             "repeats": size.repeats,
+            **(devices or {}),
         }
         out = tmp / f"map_{side}.npz"
         res = {**_run_worker(row, inputs_path, out), **dict(np.load(out))}
@@ -833,6 +929,12 @@ def main() -> None:
         help="also time PyTorch under torch.compile (inductor; slower than eager for these "
         "workloads on a 2-core CPU, and minutes of compilation)",
     )
+    p.add_argument(
+        "--torch-device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where the PyTorch rows run (default cpu); JAX uses its default device",
+    )
     p.add_argument("--json", type=Path, help="write all figures here")
     p.add_argument("--md", type=Path, help="write the tables here (markdown)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -842,8 +944,15 @@ def main() -> None:
     if args.worker:
         _worker_main(args.worker, args.worker_inputs, args.worker_out)
         return
+    import jax
+
+    # This process only prepares inputs and scores outcomes: on the CPU it leaves the GPU
+    # (which JAX would 75%-preallocate) to the worker being measured, and its inputs are
+    # those of a CPU-only run.
+    jax.config.update("jax_platforms", "cpu")
     from timing import environment
 
+    devices = {"torch_device": args.torch_device}
     size = SIZES["quick" if args.quick else "default"]
     if args.torch_compile:
         size = dataclasses.replace(size, fc_compile_torch=True)
@@ -857,14 +966,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="jaxcloak-bench-") as d:
         tmp = Path(d)
         log("machine: attainable matmul / conv throughput...")
-        result["machine"] = _run_worker(
-            {"kind": "machine", "matmul_n": 1024 if args.quick else 2048, "conv": (8, 56, 128)},
-            None,
-            tmp / "machine.npz",
+        machine = {
+            "kind": "machine",
+            "matmul_n": 1024 if args.quick else 2048,
+            "conv": (8, 56, 128),
+        }
+        if args.torch_device == "cuda":  # the CPU sizes take a GPU well under a millisecond
+            machine.update(matmul_n=8192, conv=(64, 56, 128))
+        m = result["machine"] = _run_worker({**machine, **devices}, None, tmp / "machine.npz")
+        result["env"].update(
+            device=m["jax_device"],  # the JAX workers' device, not this process's CPU
+            jax_platform=m["jax_platform"],
+            torch=m["torch_version"],
+            torch_device=m["torch_device"],
+            gpu_name=m["gpu_name"],
         )
-        result["facecloak"] = facecloak_rows(size, tmp, log) if args.only != "map" else []
+        result["facecloak"] = facecloak_rows(size, tmp, log, devices) if args.only != "map" else []
         _ratios(result["facecloak"])
-        result["map"] = map_rows(size, tmp, log) if args.only != "facecloak" else []
+        result["map"] = map_rows(size, tmp, log, devices) if args.only != "facecloak" else []
     result["seconds"] = time.perf_counter() - t_start
     md = markdown(result)
     print(md)

