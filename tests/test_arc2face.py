@@ -23,7 +23,7 @@ from test_sd_unet import diffusers_kwargs  # noqa: E402
 from test_sd_vae import TINY_DIFFUSERS  # noqa: E402
 
 from jaxcloak.attacks import arc2face  # noqa: E402
-from jaxcloak.diffusion.dpm_solver import SD15_SCHEDULE  # noqa: E402
+from jaxcloak.diffusion.dpm_solver import SD15_SCHEDULE, make_dpm_solver  # noqa: E402
 from jaxcloak.nets import clip_text, sd_unet, sd_vae  # noqa: E402
 
 TEXT = clip_text.get_config("tiny")
@@ -86,15 +86,21 @@ def test_views_of_many_people_are_one_compiled_call(models, monkeypatch):
     keys = jax.random.split(jax.random.key(0), 4)
     imgs = np.asarray(sampler(params, ids, keys))
     assert imgs.shape == (4, 8, 32, 32, 3) and imgs.min() >= 0 and imgs.max() <= 1
-    # One trace of the UNet: 25 solver steps in a scan, 8 views x 2 branches batched, the
-    # 4 people vmapped; one program.
-    assert traces == [(16, 16, 16, 4)]
+    # One trace of the UNet: 25 solver steps in a scan, 4 people x 8 views x 2 branches
+    # batched; one program.
+    assert traces == [(64, 16, 16, 4)]
     again = np.asarray(sampler(params, ids[::-1].copy(), jax.random.split(jax.random.key(1), 4)))
     assert len(traces) == 1 and sampler._cache_size() == 1
     assert not np.array_equal(again, imgs)
     # Views of one person differ (their own initial latents), people differ.
     assert np.abs(imgs[0, 0] - imgs[0, 1]).max() > 1e-3
     assert np.abs(imgs[0] - imgs[1]).max() > 1e-3
+    # Rows are not mixed up between people: person 2 = the one-person pipeline on the
+    # latents drawn from their key.
+    config = arc2face.Arc2FaceConfig(n_views=8)
+    x_t = jax.random.normal(keys[2], (8, 16, 16, 4)) * make_dpm_solver(25).init_noise_sigma
+    one = jax.jit(arc2face.make_views_from_latents(nets, config))(params, ids[2], x_t)[0]
+    assert np.abs(np.asarray(one) - imgs[2]).max() < 1e-5
 
 
 def test_guided_25_step_sampling_matches_diffusers(models):

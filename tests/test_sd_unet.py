@@ -321,6 +321,15 @@ def test_whole_net_parity(unet: Any, loaded: tuple[SDUNetConfig, Any]) -> None:
     assert np.abs(ref[0] - ref[1]).max() > 0.1
 
 
+def test_cpu_query_block_rule() -> None:
+    """On CPU, blocks of 32 queries (whole divisors of T); short sequences are not split."""
+    assert jax.default_backend() == "cpu"
+    assert sd_unet._query_block(1024) == 32
+    assert sd_unet._query_block(96) == 32
+    assert sd_unet._query_block(16) == 16  # one block: no loop
+    assert sd_unet._query_block(77) == 1  # odd lengths: whole (see _attend)
+
+
 def test_query_blocks_match_diffusers(
     unet: Any, loaded: tuple[SDUNetConfig, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
