@@ -54,6 +54,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 from timing import environment, time_calls
+from torch_reference.sd_twins import arc2face_twins, unet_kwargs, vae_kwargs
 
 from jaxcloak.attacks import arc2face
 from jaxcloak.diffusion.dpm_solver import SD15_SCHEDULE, make_dpm_solver
@@ -107,48 +108,6 @@ def _configs() -> dict[str, dict]:
     }
 
 
-def _vae_kwargs(cfg: sd_vae.VAEConfig) -> dict:
-    levels = len(cfg.block_out_channels)
-    return dict(
-        in_channels=cfg.in_channels,
-        out_channels=cfg.out_channels,
-        down_block_types=("DownEncoderBlock2D",) * levels,
-        up_block_types=("UpDecoderBlock2D",) * levels,
-        block_out_channels=cfg.block_out_channels,
-        layers_per_block=cfg.layers_per_block,
-        latent_channels=cfg.latent_channels,
-        norm_num_groups=cfg.norm_num_groups,
-        sample_size=cfg.sample_size,
-    )
-
-
-def _unet_kwargs(cfg: sd_unet.SDUNetConfig) -> dict:
-    return dict(
-        sample_size=cfg.sample_size,
-        in_channels=cfg.in_channels,
-        out_channels=cfg.out_channels,
-        block_out_channels=cfg.block_out_channels,
-        down_block_types=cfg.down_block_types,
-        up_block_types=cfg.up_block_types,
-        layers_per_block=cfg.layers_per_block,
-        cross_attention_dim=cfg.cross_attention_dim,
-        attention_head_dim=cfg.attention_head_dim,
-        norm_num_groups=cfg.norm_num_groups,
-        norm_eps=cfg.norm_eps,
-        transformer_layers_per_block=cfg.transformer_layers_per_block,
-    )
-
-
-def _perturbed(net, torch):
-    """Seeded module with non-trivial norm affines and biases (as the tests build them)."""
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in net.parameters():
-            if p.ndim == 1:
-                p.add_(0.1 * torch.randn(p.shape, generator=gen))
-    return net.eval().float()
-
-
 @dataclasses.dataclass(frozen=True)
 class Job:
     """What one row samples and how it is timed."""
@@ -167,26 +126,7 @@ class Job:
 
 def build(cfg: dict, folder: Path):
     """Torch UNet + VAE, their JAX twins loaded from save_pretrained, nets and params."""
-    import diffusers
-    import torch
-
-    torch.manual_seed(0)
-    unet_t = _perturbed(diffusers.UNet2DConditionModel(**_unet_kwargs(cfg["unet"])), torch)
-    vae_t = _perturbed(diffusers.AutoencoderKL(**_vae_kwargs(cfg["vae"])), torch)
-    unet_t.save_pretrained(folder / "unet")
-    vae_t.save_pretrained(folder / "vae")
-    unet_cfg, unet_p = sd_unet.load_diffusers_folder(folder / "unet")
-    vae_cfg, vae_p = sd_vae.load_diffusers_folder(folder / "vae")
-    text = cfg["text"]
-    _, text_p = clip_text.init(text, seed=0)
-    n = text.max_position_embeddings
-    bos, eos = 1, 2
-    prompt = np.full((1, n), eos, np.int32)
-    prompt[0, :7] = [bos, 10, 11, 12, 13, 14, eos]  # "photo of a id person", id at 4
-    empty = np.full((1, n), eos, np.int32)
-    empty[0, 0] = bos
-    nets = arc2face.Arc2FaceNets(text, unet_cfg, vae_cfg, prompt, 4, empty)
-    return unet_t, vae_t, nets, arc2face.Arc2FaceParams(text_p, unet_p, vae_p)
+    return arc2face_twins(cfg["text"], unet_kwargs(cfg["unet"]), vae_kwargs(cfg["vae"]), folder)
 
 
 def _n_params(module) -> float:

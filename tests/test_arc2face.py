@@ -10,6 +10,8 @@ sides, so the comparison isolates the UNet, classifier-free guidance, the solver
 from __future__ import annotations
 
 import dataclasses
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,12 +21,14 @@ diffusers = pytest.importorskip("diffusers")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from test_sd_unet import diffusers_kwargs  # noqa: E402
 from test_sd_vae import TINY_DIFFUSERS  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from torch_reference.sd_twins import arc2face_twins, unet_kwargs  # noqa: E402
 
 from jaxcloak.attacks import arc2face  # noqa: E402
 from jaxcloak.diffusion.dpm_solver import SD15_SCHEDULE, make_dpm_solver  # noqa: E402
-from jaxcloak.nets import clip_text, sd_unet, sd_vae  # noqa: E402
+from jaxcloak.nets import clip_text, sd_unet  # noqa: E402
 
 TEXT = clip_text.get_config("tiny")
 ID_DIM = 48  # the tiny text width is 64; the real model pads 512 -> 768
@@ -34,36 +38,11 @@ SD15_SCHEDULER = dict(
 )
 
 
-def _perturbed(net):
-    """Seeded diffusers module with non-trivial norm affines and biases."""
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in net.parameters():
-            if p.ndim == 1:
-                p.add_(0.1 * torch.randn(p.shape, generator=gen))
-    return net.eval().float()
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """(torch unet, torch vae, Arc2FaceNets, Arc2FaceParams) on tiny random configs."""
-    torch.manual_seed(0)
-    unet_t = _perturbed(diffusers.UNet2DConditionModel(**diffusers_kwargs(UNET)))
-    vae_t = _perturbed(diffusers.AutoencoderKL(**TINY_DIFFUSERS))
     root = tmp_path_factory.mktemp("arc2face")
-    unet_t.save_pretrained(root / "unet")
-    vae_t.save_pretrained(root / "vae")
-    unet_cfg, unet_p = sd_unet.load_diffusers_folder(root / "unet")
-    vae_cfg, vae_p = sd_vae.load_diffusers_folder(root / "vae")
-    _, text_p = clip_text.init(TEXT, seed=0)
-    n = TEXT.max_position_embeddings
-    bos, eos = 1, 2
-    prompt = np.full((1, n), eos, np.int32)
-    prompt[0, :7] = [bos, 10, 11, 12, 13, 14, eos]  # "photo of a id person", id at 4
-    empty = np.full((1, n), eos, np.int32)
-    empty[0, 0] = bos
-    nets = arc2face.Arc2FaceNets(TEXT, unet_cfg, vae_cfg, prompt, 4, empty)
-    return unet_t, vae_t, nets, arc2face.Arc2FaceParams(text_p, unet_p, vae_p)
+    return arc2face_twins(TEXT, unet_kwargs(UNET), TINY_DIFFUSERS, root)
 
 
 def test_views_of_many_people_are_one_compiled_call(models, monkeypatch):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ diffusers = pytest.importorskip("diffusers")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from torch_reference.sd_twins import unet_kwargs  # noqa: E402
 
 from jaxcloak.convert.torch import ConversionError  # noqa: E402
 from jaxcloak.nets import sd_unet  # noqa: E402
@@ -73,24 +77,6 @@ SD15_DIFFUSERS_CONFIG: dict[str, Any] = {
 }
 
 
-def diffusers_kwargs(cfg: SDUNetConfig) -> dict[str, Any]:
-    """``UNet2DConditionModel`` kwargs of one of our configs."""
-    return {
-        "sample_size": cfg.sample_size,
-        "in_channels": cfg.in_channels,
-        "out_channels": cfg.out_channels,
-        "block_out_channels": cfg.block_out_channels,
-        "down_block_types": cfg.down_block_types,
-        "up_block_types": cfg.up_block_types,
-        "layers_per_block": cfg.layers_per_block,
-        "cross_attention_dim": cfg.cross_attention_dim,
-        "attention_head_dim": cfg.attention_head_dim,
-        "norm_num_groups": cfg.norm_num_groups,
-        "norm_eps": cfg.norm_eps,
-        "transformer_layers_per_block": cfg.transformer_layers_per_block,
-    }
-
-
 def rel_err(ours: Any, ref: Any) -> float:
     ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
     assert ours.shape == ref.shape, (ours.shape, ref.shape)
@@ -117,7 +103,7 @@ def inputs(cfg: SDUNetConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def unet() -> Any:
     """Seeded tiny diffusers UNet; norm scales/shifts and biases perturbed so none is trivial."""
     torch.manual_seed(0)
-    net = diffusers.UNet2DConditionModel(**diffusers_kwargs(sd_unet.VARIANTS["tiny"]))
+    net = diffusers.UNet2DConditionModel(**unet_kwargs(sd_unet.VARIANTS["tiny"]))
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in net.parameters():

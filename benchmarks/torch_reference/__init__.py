@@ -7,4 +7,6 @@ side-by-side harness (``benchmarks/run.py``) compares the same computation:
 - ``fer_torch``: the ``fer`` mini-Xception expression classifier in torch;
 - ``facecloak``: FaceCloak stage 2 as coded (``afog_cloak_multi``) and a tuned variant;
 - ``map_step``: the DiffAM-style MAP train step and a tuned variant.
+- ``sd_twins``: diffusers UNet/VAE twins of jaxcloak's SD configs with seeded random weights
+  (the Arc2Face benchmark and its parity tests).
 """
