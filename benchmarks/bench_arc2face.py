@@ -54,15 +54,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 from timing import environment, time_calls
-from torch_reference.sd_twins import arc2face_twins, unet_kwargs, vae_kwargs
+from torch_reference.sd_twins import SD15_DPM_SCHEDULER, arc2face_twins, unet_kwargs, vae_kwargs
 
 from jaxcloak.attacks import arc2face
-from jaxcloak.diffusion.dpm_solver import SD15_SCHEDULE, make_dpm_solver
+from jaxcloak.diffusion.dpm_solver import make_dpm_solver
 from jaxcloak.nets import clip_text, sd_unet, sd_vae
-
-SD15_SCHEDULER = dict(
-    **SD15_SCHEDULE, algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True
-)
 
 
 def _configs() -> dict[str, dict]:
@@ -196,7 +192,7 @@ def bench_torch_reference(unet_t, vae_t, cond, uncond, side, job: Job, n_samples
     import torch
 
     dtype = next(unet_t.parameters()).dtype
-    sched = diffusers.DPMSolverMultistepScheduler(**SD15_SCHEDULER)
+    sched = diffusers.DPMSolverMultistepScheduler(**SD15_DPM_SCHEDULER)
     unc = torch.from_numpy(uncond.copy()).to(device, dtype)
     gen = torch.Generator().manual_seed(0)
     per_sample = []
@@ -232,7 +228,7 @@ def bench_torch_tuned(unet_t, vae_t, cond, uncond, side, job: Job, device):
     import torch
 
     dtype = next(unet_t.parameters()).dtype
-    sched = diffusers.DPMSolverMultistepScheduler(**SD15_SCHEDULER)
+    sched = diffusers.DPMSolverMultistepScheduler(**SD15_DPM_SCHEDULER)
     v = job.total
     ctx = np.concatenate([np.repeat(uncond, v, 0), np.repeat(cond, job.n_views, 0)])
     ctx = torch.from_numpy(ctx).to(device, dtype)

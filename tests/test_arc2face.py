@@ -24,18 +24,15 @@ import jax.numpy as jnp  # noqa: E402
 from test_sd_vae import TINY_DIFFUSERS  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from torch_reference.sd_twins import arc2face_twins, unet_kwargs  # noqa: E402
+from torch_reference.sd_twins import SD15_DPM_SCHEDULER, arc2face_twins, unet_kwargs  # noqa: E402
 
 from jaxcloak.attacks import arc2face  # noqa: E402
-from jaxcloak.diffusion.dpm_solver import SD15_SCHEDULE, make_dpm_solver  # noqa: E402
+from jaxcloak.diffusion.dpm_solver import make_dpm_solver  # noqa: E402
 from jaxcloak.nets import clip_text, sd_unet  # noqa: E402
 
 TEXT = clip_text.get_config("tiny")
 ID_DIM = 48  # the tiny text width is 64; the real model pads 512 -> 768
 UNET = dataclasses.replace(sd_unet.get_config("tiny"), cross_attention_dim=TEXT.hidden_size)
-SD15_SCHEDULER = dict(
-    **SD15_SCHEDULE, algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True
-)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +94,7 @@ def test_guided_25_step_sampling_matches_diffusers(models):
         text.arc2face_prompt_embeds(params.text, id_emb[None], nets.prompt_ids, nets.id_position)
     )
     uncond = np.asarray(text.encode_ids(params.text, nets.empty_ids)[0])
-    sched = diffusers.DPMSolverMultistepScheduler(**SD15_SCHEDULER)
+    sched = diffusers.DPMSolverMultistepScheduler(**SD15_DPM_SCHEDULER)
     sched.set_timesteps(config.steps)
     v = len(x_t)
     ctx = torch.from_numpy(np.concatenate([np.repeat(uncond, v, 0), np.repeat(cond, v, 0)]))

@@ -17,7 +17,14 @@ import numpy as np
 import torch
 
 from jaxcloak.attacks import arc2face
+from jaxcloak.diffusion.dpm_solver import SD15_SCHEDULE
 from jaxcloak.nets import clip_text, sd_unet, sd_vae
+
+#: diffusers ``DPMSolverMultistepScheduler`` kwargs of the Arc2Face pipeline (SD-1.5's
+#: scheduler config, DPM-Solver++ 2M with ``lower_order_final``).
+SD15_DPM_SCHEDULER: dict[str, Any] = dict(
+    **SD15_SCHEDULE, algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True
+)
 
 
 def unet_kwargs(cfg: sd_unet.SDUNetConfig) -> dict[str, Any]:
