@@ -455,3 +455,38 @@ def occlude(img: Image, key: PRNGKey, max_frac: float = 0.3, *, min_frac: float 
     xs = jnp.arange(w, dtype=jnp.float32)[None, :]
     inside = (ys >= y0) & (ys < y0 + ph) & (xs >= x0) & (xs < x0 + pw)
     return jnp.where(inside[..., None], colour, img)
+
+
+def resize_and_pad(img: Image, key: PRNGKey, min_scale: float = 0.9, fill: float = 0.0) -> Image:
+    """Input diversity (DI): shrink ``img`` by a random factor in [min_scale, 1] and place it
+    at a random offset in a canvas of the same size filled with ``fill``.
+
+    Bilinear, so values stay inside the input's range (and ``fill``); shape is unchanged.
+    """
+    h, w = img.shape[:2]
+    k_s, k_x, k_y = jax.random.split(key, 3)
+    s = jax.random.uniform(k_s, minval=min_scale, maxval=1.0)
+    ox = jax.random.uniform(k_x) * (w - 1) * (1.0 - s)
+    oy = jax.random.uniform(k_y) * (h - 1) * (1.0 - s)
+    m = jnp.array([[1.0 / s, 0.0, -ox / s], [0.0, 1.0 / s, -oy / s]], img.dtype)
+    warped = affine_warp(img, m)
+    ys, xs = jnp.meshgrid(
+        jnp.arange(h, dtype=img.dtype), jnp.arange(w, dtype=img.dtype), indexing="ij"
+    )
+    u, v = (xs - ox) / s, (ys - oy) / s
+    inside = (u >= 0) & (u <= w - 1) & (v >= 0) & (v <= h - 1)
+    return jnp.where(inside[..., None], warped, jnp.asarray(fill, img.dtype))
+
+
+def low_frequency(delta: Image, factor: int) -> Image:
+    """``delta`` seen through a grid ``factor`` times coarser: block means, then bilinear
+    upsampling back. Both are convex combinations, so ``|result| <= max |delta|``: a mask
+    parameterised this way keeps its L-inf budget and has no detail finer than the grid.
+    """
+    if factor == 1:
+        return delta
+    h, w, c = delta.shape
+    if h % factor or w % factor:
+        raise ValueError(f"low-frequency factor {factor} must divide the crop size {h}x{w}")
+    coarse = delta.reshape(h // factor, factor, w // factor, factor, c).mean(axis=(1, 3))
+    return jax.image.resize(coarse, (h, w, c), "linear", antialias=False)

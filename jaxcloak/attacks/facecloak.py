@@ -32,10 +32,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ..augment import low_frequency, resize_and_pad
 from ..faces.chain import apply_taps
 from ..faces.paste import crop_mask
 from ..objectives import facecloak as obj
-from ..optim.attack import afog_attention, project_linf, sign_step
+from ..optim.attack import (
+    afog_attention,
+    momentum_sign_step,
+    project_linf,
+    sign_step,
+    smooth_gradient,
+)
 from ..typing import EmbedFn, Params, PRNGKey
 
 Mode = Literal["faithful", "fixed"]
@@ -78,6 +85,19 @@ class CloakConfig:
         and aligning the face again does. Without it the sign-like perturbation is tuned to
         the crop's pixel grid and loses most of its effect once pasted back (measured on the
         astronaut: SFace cosine 0.22 on the crop, 0.75 after paste-back and re-alignment).
+      momentum: fixed mode: MI-FGSM decay of the accumulated L1-normalised gradient of rho
+        (0: plain sign steps).
+      nesterov: with ``momentum``, step along the Nesterov look-ahead of the momentum.
+      diversity: fixed mode: probability, per view and step, that the view is shrunk by a
+        random factor in [``diversity_scale``, 1] and padded at a random offset (DI).
+      diversity_scale: smallest DI shrink factor.
+      ti_sigma: fixed mode: the gradient is smoothed by a Gaussian of this many pixels before
+        each step (translation-invariant attack; 0 disables).
+      lowfreq: fixed mode: the mask lives on a grid this many times coarser than the crop
+        (block means, bilinear back up); 1 is full resolution. Must divide the crop size.
+      perceptual: fixed mode: the per-pixel budget follows the clean face's local texture
+        and luminance (:func:`jaxcloak.objectives.facecloak.perceptual_budget`), between 0.5
+        and 2 times ``eps``, instead of ``eps`` everywhere.
     """
 
     mode: Mode = "fixed"
@@ -99,6 +119,13 @@ class CloakConfig:
     real_weight: float | None = 0.5
     realign_jitter: float = 1.0
     step_decay: float | None = 0.2
+    momentum: float = 0.0
+    nesterov: bool = False
+    diversity: float = 0.0
+    diversity_scale: float = 0.9
+    ti_sigma: float = 0.0
+    lowfreq: int = 1
+    perceptual: bool = False
 
     def __post_init__(self):
         if self.mode not in ("faithful", "fixed"):
@@ -113,10 +140,24 @@ class CloakConfig:
         if unknown:
             raise ValueError(f"unknown eot transforms {sorted(unknown)}; known: resize, blur, jpeg")
         fixed_only = self.eot or self.dodge_weight or self.resample_jitter or self.realign_jitter
-        if self.mode == "faithful" and fixed_only:
+        transfer = (
+            self.momentum or self.diversity or self.ti_sigma or self.lowfreq != 1 or self.perceptual
+        )
+        if self.mode == "faithful" and (fixed_only or transfer):
             raise ValueError(
-                "eot, dodge_weight, resample_jitter and realign_jitter are fixed-mode options "
-                "(the reference has none)"
+                "eot, dodge_weight, resample_jitter, realign_jitter, momentum, diversity, "
+                "ti_sigma, lowfreq and perceptual are fixed-mode options (the reference has none)"
+            )
+        if not 0.0 <= self.momentum <= 2.0:
+            raise ValueError(f"momentum must be in [0, 2], got {self.momentum}")
+        if not 0.0 <= self.diversity <= 1.0 or not 0.5 <= self.diversity_scale <= 1.0:
+            raise ValueError(
+                f"diversity must be in [0, 1] and diversity_scale in [0.5, 1], got "
+                f"{self.diversity}, {self.diversity_scale}"
+            )
+        if self.ti_sigma < 0 or self.lowfreq < 1:
+            raise ValueError(
+                f"ti_sigma must be >= 0 and lowfreq >= 1, got {self.ti_sigma}, {self.lowfreq}"
             )
 
     @property
@@ -251,7 +292,20 @@ def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable
         # decays lets the perturbation settle. Astronaut, 20 steps, SFace cosine after
         # re-detection on the written photo: constant 1.5/255 0.34, decay from 3/255 0.29.
         eta_ref = optax.cosine_decay_schedule(eta_ref, cfg.steps, alpha=cfg.step_decay)
-    perturb = sign_step(eta_ref)
+    if cfg.momentum:
+        perturb = momentum_sign_step(eta_ref, cfg.momentum, cfg.nesterov)
+    else:
+        perturb = sign_step(eta_ref)
+
+    def masked(p, budget):  # what is applied: clipped, through the low-frequency grid
+        return jnp.clip(low_frequency(jnp.clip(p, -budget, budget), cfg.lowfreq), -budget, budget)
+
+    def _diverse(x01, key):  # DI: each view shrunk and padded with probability cfg.diversity
+        k_on, k_tr = jax.random.split(key)
+        on = jax.random.bernoulli(k_on, cfg.diversity, (x01.shape[0],))[:, None, None, None]
+        keys = jax.random.split(k_tr, x01.shape[0])
+        y = jax.vmap(lambda im, k: resize_and_pad(im, k, cfg.diversity_scale))(x01, keys)
+        return jnp.where(on, y, x01)
 
     def surrogate(params, x_ref):  # (N, S, S, 3) reference units -> (N, D)
         return embed(params, _to_unit(x_ref))
@@ -272,7 +326,7 @@ def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable
 
     def stats(state, budget):
         p = state.alpha * state.rho
-        clipped = jnp.clip(p, -budget, budget)
+        clipped = masked(p, budget) if cfg.mode == "fixed" else jnp.clip(p, -budget, budget)
         fed = p if cfg.mode == "faithful" else clipped
         delta = clipped / cfg.to_ref  # applied [0, 1] units
         return {
@@ -297,6 +351,10 @@ def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable
         state = AttackState(alpha0, rho0, attention.init(alpha0), perturb.init(rho0), k_loop)
         if cfg.mode == "fixed":
             budget = box_budget if cfg.stickers else jnp.full_like(rho0, eps_ref)
+            if cfg.perceptual:
+                budget = jnp.maximum(budget - eps_ref, 0.0) + obj.perceptual_budget(
+                    jnp.asarray(views, jnp.float32)[-1], eps_ref
+                )
             if cfg.highpass:
                 budget = jnp.maximum(budget, highpass * cfg.region_eps * cfg.to_ref)
         else:
@@ -344,6 +402,7 @@ def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable
                 k_step = jax.random.fold_in(state.key, t)
 
                 def f(delta):
+                    delta = low_frequency(delta, cfg.lowfreq)
                     # The real face (last) through the photo's exact paste/realign map; the
                     # synthetic views through random resamplings (or as is).
                     real = apply_taps(delta, taps[0], taps[1], feather)[None]
@@ -359,10 +418,14 @@ def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable
                         x = x.at[-1].set(2.0 * x_real - 1.0)
                     if cfg.eot:
                         x = 2.0 * _eot(_to_unit(x), k_step, cfg.eot) - 1.0
+                    if cfg.diversity:
+                        x = 2.0 * _diverse(_to_unit(x), jax.random.fold_in(k_step, 3)) - 1.0
                     return loss_terms(x, idx)
 
                 delta = jnp.clip(state.alpha * state.rho, -budget, budget)
                 (loss, aux), g = jax.value_and_grad(f, has_aux=True)(delta)
+                if cfg.ti_sigma:
+                    g = smooth_gradient(g, cfg.ti_sigma)
                 new = update(state, g, budget)
                 return new, {"loss": loss, **aux, **stats(new, budget)}
 
@@ -371,7 +434,8 @@ def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable
 
         state, trace = jax.lax.scan(body, state, order, unroll=unroll)
         p = state.alpha * state.rho
-        mask = jnp.clip(p, -budget, budget) * cfg.mask_scale
+        applied = masked(p, budget) if cfg.mode == "fixed" else jnp.clip(p, -budget, budget)
+        mask = applied * cfg.mask_scale
         if cfg.mode == "faithful":
             # int16(M) in the reference: truncation toward zero, then the regions' extras.
             mask = jnp.trunc(mask)

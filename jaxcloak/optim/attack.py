@@ -6,6 +6,8 @@ attack objective is written to be minimised.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -48,3 +50,54 @@ def sign_step(learning_rate: float | optax.Schedule) -> optax.GradientTransforma
 def project_linf(x: jax.Array, bound: jax.Array | float) -> jax.Array:
     """Clip to ``[-bound, bound]`` elementwise; ``bound`` may be a per-pixel budget map."""
     return jnp.clip(x, -bound, bound)
+
+
+def l1_normalize(eps: float = 1e-12) -> optax.GradientTransformation:
+    """``g / mean|g|`` per leaf: MI-FGSM's normalisation, so momentum weighs steps equally."""
+
+    def update_fn(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda g: g / (jnp.mean(jnp.abs(g)) + eps), updates), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update_fn)
+
+
+def momentum_sign_step(
+    learning_rate: float | optax.Schedule, decay: float, nesterov: bool = False
+) -> optax.GradientTransformation:
+    """MI-FGSM: ``m <- decay * m + g / mean|g|``, step ``-lr * sign(m)``.
+
+    With ``nesterov`` the step uses ``g / mean|g| + decay * m`` (optax's Nesterov form of
+    :func:`optax.trace`), a look-ahead along the accumulated direction.
+    """
+    return optax.chain(
+        l1_normalize(), optax.trace(decay=decay, nesterov=nesterov), optax.sign_sgd(learning_rate)
+    )
+
+
+def gaussian_kernel(sigma: float) -> jax.Array:
+    """(2r + 1, 2r + 1) normalised Gaussian, r = ceil(3 sigma)."""
+    r = max(1, math.ceil(3 * sigma))
+    t = jnp.arange(-r, r + 1, dtype=jnp.float32)
+    k = jnp.exp(-0.5 * (t / sigma) ** 2)
+    k2 = jnp.outer(k, k)
+    return k2 / jnp.sum(k2)
+
+
+def smooth_gradient(g: jax.Array, sigma: float) -> jax.Array:
+    """Translation-invariant attack (TI): the (H, W, C) gradient convolved per channel with a
+    Gaussian of ``sigma`` pixels, zero-padded to the same size. The step then moves every
+    nearby shift of the face together, which transfers better to other networks."""
+    k = gaussian_kernel(sigma)
+    c = g.shape[-1]
+    w = jnp.broadcast_to(k[:, :, None, None], (*k.shape, 1, c))
+    y = jax.lax.conv_general_dilated(
+        g[None],
+        w.astype(g.dtype),
+        window_strides=(1, 1),
+        padding="SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=c,
+        precision=jax.lax.Precision.HIGHEST,
+    )
+    return y[0]
