@@ -22,8 +22,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Parity bounds for `models check` (same as the test suite's for SFace).
 MIN_COSINE = 0.99999
@@ -327,7 +331,9 @@ def _add_cloak_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _make_cloaker(args: argparse.Namespace):
+def _make_cloaker(args: argparse.Namespace, extra_photos: np.ndarray | None = None):
+    """The Cloaker the arguments ask for; ``extra_photos`` ((E, 112, 112, 3) uint8 aligned
+    crops of the same person) feed the views besides the reference face."""
     import dataclasses
 
     from .anchors import builtin_pool, user_pool
@@ -354,6 +360,13 @@ def _make_cloaker(args: argparse.Namespace):
         far = _chosen_face(Path(args.far_anchor), "largest", args.min_face).faces[0].crop
     pool = user_pool(args.pool) if args.pool else builtin_pool()
     views = _view_generator(args)
+    if extra_photos is not None and len(extra_photos):
+        import numpy as np
+
+        from .attacks.views import MultiPhotoViews
+
+        views = MultiPhotoViews(views, np.asarray(extra_photos, np.float32) / 255.0)
+        print(f"stage-1 views drawn from {len(extra_photos) + 1} photos of the person")
     print(f"stage-1 views: {views.name}, {views.n_views} per person", flush=True)
     return Cloaker(
         load_surrogate(args.model),
@@ -431,11 +444,41 @@ def _progress(it, desc: str, total: int):
     return tqdm(it, desc=desc, total=total, unit="it", disable=None, leave=False)
 
 
-def _print_summary(summary, outdir: Path) -> int:
+#: Exit status when every photo was written but some face is still recognised by the surrogate.
+EXIT_STILL_RECOGNISED = 3
+
+
+def _still_recognised(records) -> tuple[list[str], int]:
+    """Outputs with a face the surrogate still matches to its clean self, and photos scored."""
+    scored = [r for r in records if r.status in ("protected", "up-to-date") and r.faces]
+    still = [str(r.output) for r in scored if any(f["same_person_after"] for f in r.faces)]
+    return still, len(scored)
+
+
+def _report_unprotected(records, surrogate: str, allow: bool) -> int:
+    """Print the photos still recognised; the exit status they call for."""
+    still, n = _still_recognised(records)
+    if not still:
+        if n:
+            print(f"all {n} photo(s) are no longer recognised by {surrogate} (the surrogate)")
+        return 0
+    print(
+        f"{len(still)} of {n} photo(s) are still recognised by {surrogate}: their faces still "
+        "match the clean photo (manifest: same_person_after); try --strength high",
+        file=sys.stderr,
+    )
+    for path in still[:20]:
+        print(f"  STILL RECOGNISED {path}", file=sys.stderr)
+    if len(still) > 20:
+        print(f"  ... and {len(still) - 20} more (see the manifest)", file=sys.stderr)
+    return 0 if allow else EXIT_STILL_RECOGNISED
+
+
+def _print_summary(summary, outdir: Path, surrogate: str = "the surrogate", allow=False) -> int:
     done = [r for r in summary.records if r.status == "protected"]
     fresh = [r for r in summary.records if r.status == "up-to-date"]
     print(
-        f"protected {len(done)} photo(s), {len(fresh)} already up to date, "
+        f"wrote {len(done)} photo(s), {len(fresh)} already up to date, "
         f"{len(summary.failed)} failed; {len(summary.masks)} mask(s) fitted"
     )
     for r in done:
@@ -452,7 +495,8 @@ def _print_summary(summary, outdir: Path) -> int:
         f"time: fit {s['fit']:.1f} s (of which compile {s['compile']:.1f} s), "
         f"apply {s['apply']:.1f} s, total {s['total']:.1f} s; manifest {outdir / 'manifest.json'}"
     )
-    return 1 if summary.failed else 0
+    status = _report_unprotected(summary.records, surrogate, allow)
+    return 1 if summary.failed else status
 
 
 def _read_file_list(path: str) -> list[str]:
@@ -497,7 +541,8 @@ def _cmd_protect(args: argparse.Namespace) -> int:
         print(f"process {index} of {count}: ", end="")
     if args.identity == "per-file":
         share = process_share(files, index, count)
-        return max(_protect_stream_cli(args, share, outdir, root, manifest), 1 if errors else 0)
+        status = _protect_stream_cli(args, share, outdir, root, manifest)
+        return 1 if errors else status
     from .batch import group_identities
 
     try:
@@ -510,10 +555,11 @@ def _cmd_protect(args: argparse.Namespace) -> int:
         print(f"{len(mine)} of {len(groups)} identity group(s), {len(share)} photo(s)")
     if not share:
         return 1 if errors else 0
+    cloaker = _make_cloaker(args)
     summary = protect_files(
         share,
         outdir,
-        _make_cloaker(args),
+        cloaker,
         identity=args.identity,
         reference=Path(args.reference) if args.reference else None,
         faces=args.faces,
@@ -527,7 +573,8 @@ def _cmd_protect(args: argparse.Namespace) -> int:
         manifest=f"{manifest}.json",
     )
     _print_compiles(args, outdir / f"{manifest}.json")
-    return max(_print_summary(summary, outdir), 1 if errors else 0)
+    status = _print_summary(summary, outdir, cloaker.recognizer.spec.name, args.allow_unprotected)
+    return 1 if errors else status
 
 
 def _protect_stream_cli(
@@ -585,7 +632,7 @@ def _protect_stream_cli(
         f["same_person_after"] for r in summary.records if r.status == "protected" for f in r.faces
     )
     print(
-        f"protected {by.get('protected', 0)} photo(s) ({n_faces} face(s), {still} still matched "
+        f"wrote {by.get('protected', 0)} photo(s) ({n_faces} face(s), {still} still matched "
         f"by the surrogate), {by.get('up-to-date', 0)} already up to date, "
         f"{len(summary.failed)} failed"
     )
@@ -601,7 +648,10 @@ def _protect_stream_cli(
         f"{100 * s['device_busy_share']:.0f}% of the time; compile {s['compile']:.1f} s; "
         f"manifest {outdir / (manifest + '.json')}"
     )
-    return 1 if summary.failed else 0
+    status = _report_unprotected(
+        summary.records, cloaker.recognizer.spec.name, args.allow_unprotected
+    )
+    return 1 if summary.failed else status
 
 
 def _print_compiles(args: argparse.Namespace, manifest: Path) -> None:
@@ -773,10 +823,13 @@ def _cmd_map_fit(args: argparse.Namespace) -> int:
 
 
 def _cmd_mask_fit(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .masks import save_mask
 
-    photo = _chosen_face(Path(args.photo), args.faces, args.min_face)
-    cloaker = _make_cloaker(args)
+    photo, *others = [_chosen_face(Path(p), args.faces, args.min_face) for p in args.photos]
+    extra = np.stack([o.faces[0].crop for o in others]) if others else None
+    cloaker = _make_cloaker(args, extra)
     face = photo.faces[0]
     (res,) = cloaker.fit(face.crop[None], [f"{photo.image.sha256}#0"])
     out = save_mask(args.output, res.delta, res.meta, traces=res.trace, overwrite=args.overwrite)
@@ -1080,6 +1133,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="redo photos even if the manifest says they are done",
     )
+    p_prot.add_argument(
+        "--allow-unprotected",
+        action="store_true",
+        help=f"exit 0 even when some photo is still recognised by the surrogate after "
+        f"protection (by default such photos are listed and the exit status is "
+        f"{EXIT_STILL_RECOGNISED}; failed photos give 1)",
+    )
     _add_output_args(p_prot)
     _add_cloak_args(p_prot)
     _add_scale_args(p_prot)
@@ -1122,7 +1182,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Learn a personal mask from the largest face in PHOTO "
         "(or --faces N) and save it as a versioned .mask file.",
     )
-    p_fit.add_argument("photo")
+    p_fit.add_argument(
+        "photos",
+        nargs="+",
+        metavar="PHOTO",
+        help="photo(s) of the person: the first is the reference the mask is fitted on, any "
+        "others (their largest face) add real variety to the views, for a mask that holds on "
+        "the person's other photos",
+    )
     p_fit.add_argument("-o", "--output", required=True, metavar="MASK", help="mask file to write")
     p_fit.add_argument("--overwrite", action="store_true", help="replace an existing mask file")
     _add_cloak_args(p_fit)

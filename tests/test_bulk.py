@@ -22,7 +22,17 @@ from jaxcloak.stream import _read_jsonl, mask_name
 
 N_PHOTOS = 6
 # Cheapest real settings: the pipeline is under test here, not the mask's strength.
-ARGS = ["--identity", "per-file", "--steps", "1", "--views", "1", "--batch", "2"]
+ARGS = [
+    "--identity",
+    "per-file",
+    "--steps",
+    "1",
+    "--views",
+    "1",
+    "--batch",
+    "2",
+    "--allow-unprotected",
+]
 
 
 def _env(cache: Path) -> dict[str, str]:

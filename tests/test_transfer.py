@@ -172,3 +172,49 @@ def test_transfer_options_are_fixed_mode_only():
             dataclasses.replace(FAITHFUL, **{field: value})
     with pytest.raises(ValueError, match="diversity"):
         CloakConfig(diversity=1.5)
+
+
+def test_run_summary_counts_photos_still_recognised(capsys):
+    from types import SimpleNamespace as R
+
+    from jaxcloak.cli import EXIT_STILL_RECOGNISED, _report_unprotected
+
+    def rec(name, *same):
+        return R(status="protected", output=name, faces=[{"same_person_after": s} for s in same])
+
+    records = [rec("a.jpg", False), rec("b.jpg", False, True), rec("c.jpg", True)]
+    records.append(R(status="failed", output=None, faces=[]))
+    assert _report_unprotected(records, "sface", allow=False) == EXIT_STILL_RECOGNISED
+    err = capsys.readouterr().err
+    assert "2 of 3 photo(s) are still recognised by sface" in err
+    assert "STILL RECOGNISED b.jpg" in err and "STILL RECOGNISED c.jpg" in err
+    assert "a.jpg" not in err
+    assert _report_unprotected(records, "sface", allow=True) == 0
+    assert _report_unprotected(records[:1], "sface", allow=False) == 0
+    assert "no longer recognised" in capsys.readouterr().out
+
+
+def test_multi_photo_views_use_every_given_photo():
+    from jaxcloak.attacks.views import AugmentViews, MultiPhotoViews
+
+    rng = np.random.default_rng(0)
+    photos = rng.random((3, 32, 32, 3)).astype(np.float32)  # reference + 2 other photos
+
+    class Copies:  # a base generator whose views are the photo itself, to trace the source
+        name, n_views = "copies", 7
+
+        def config(self):
+            return {}
+
+        def __call__(self, face, *, key):
+            return jnp.broadcast_to(face, (self.n_views + 1, *face.shape))
+
+    gen = MultiPhotoViews(Copies(), photos[1:])
+    views = np.asarray(gen(jnp.asarray(photos[0]), key=jax.random.key(0)))
+    assert views.shape == (8, 32, 32, 3)
+    np.testing.assert_array_equal(views[-1], photos[0])  # the reference last, unchanged
+    sources = [int(np.argmin([np.abs(v - p).max() for p in photos])) for v in views[:-1]]
+    assert sources == [0, 1, 2, 0, 1, 2, 0]
+    real = MultiPhotoViews(AugmentViews(n_views=4), photos[1:])
+    out = real(jnp.asarray(photos[0]), key=jax.random.key(1))
+    assert out.shape == (5, 32, 32, 3) and real.config()["extra_photos"] == 2

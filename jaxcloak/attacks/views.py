@@ -255,6 +255,46 @@ def _one_view(face: Image, key: PRNGKey, gen: AugmentViews) -> Image:
     return aug.jpeg_like(x, uniform(ks[15], *r.jpeg_quality))
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class MultiPhotoViews:
+    """Views drawn from several photos of one person: the reference face and ``photos``.
+
+    Synthetic view ``i`` is ``base``'s view of photo ``i mod (E + 1)`` (the reference first,
+    then each extra photo), so every given photo feeds the optimisation while the number of
+    views, and so the cost per step, stays that of ``base``. The reference face is still
+    appended last, unchanged. Real other photos carry what no augmentation can: another day's
+    pose, light, expression and camera.
+
+    Attributes:
+      base: the generator applied to each photo (its ``n_views`` views per call).
+      photos: (E, S, S, 3) float32 [0, 1] aligned crops of the person's other photos.
+    """
+
+    base: ViewGenerator
+    photos: Any
+    name: str = dataclasses.field(default="multi-photo", init=False)
+
+    @property
+    def n_views(self) -> int:
+        return self.base.n_views
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "extra_photos": len(self.photos),
+            "base": self.base.config(),
+        }
+
+    def __call__(self, face: Image, *, key: PRNGKey) -> jax.Array:
+        extra = jnp.asarray(self.photos, jnp.float32)
+        sources = jnp.concatenate([jnp.asarray(face, jnp.float32)[None], extra])  # (E + 1, ...)
+        keys = jax.random.split(key, sources.shape[0])
+        per = jnp.stack([self.base(sources[k], key=keys[k])[:-1] for k in range(len(keys))])
+        pick = jnp.arange(self.n_views)
+        views = per[pick % sources.shape[0], pick]  # view i from photo i mod (E + 1)
+        return jnp.concatenate([views, jnp.asarray(face, jnp.float32)[None]])
+
+
 def _arc2face(**kwargs: Any) -> ViewGenerator:
     from .arc2face import Arc2FaceViews  # the diffusion networks load only when asked for
 
