@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from timing import environment
 
 from jaxcloak.anchors import IMAGE_SUFFIXES, builtin_pool, embed_faces
-from jaxcloak.attacks.views import make_view_generator
+from jaxcloak.attacks.views import MultiPhotoViews, make_view_generator
 from jaxcloak.configs.facecloak import get_config
 from jaxcloak.evaluate.dlib_bb import DlibRecognizer
 from jaxcloak.evaluate.metrics import psnr, ssim
@@ -61,6 +61,8 @@ CONFIGS: dict[str, dict] = {
     "pb": {"perceptual": True},
     "eps12": {"eps": 12 / 255},
     "eps16": {"eps": 16 / 255},
+    "eps20": {"eps": 20 / 255},
+    "eps24": {"eps": 24 / 255},
     "s40": {"steps": 40},
     "smoke": {"steps": 1},
 }
@@ -73,10 +75,33 @@ TRANSFORMS = ("none", "jpeg75", "jpeg50", "down0.5", "blur1")
 def config_for(name: str, strength: str):
     overrides: dict = {}
     for part in name.split("+"):
+        if part.startswith("crowd") or part == "views16":
+            continue  # view options, see views_for
         if part not in CONFIGS:
             raise SystemExit(f"unknown config {part!r}; known: {sorted(CONFIGS)}")
         overrides.update(CONFIGS[part])
     return get_config("fixed", strength, **overrides)
+
+
+def views_for(name: str, base_views, pool, n_views: int):
+    """``crowdK``: K faces of other people from the anchor pool join the views (each pushed
+    away from its own clean embedding too), so the mask must move faces in general rather
+    than fit one photo's pixels. ``views16``: 16 augmented views instead of ``--views``."""
+    views = base_views
+    for part in name.split("+"):
+        if part == "views16":
+            views = make_view_generator("augment", n_views=16)
+    for part in name.split("+"):
+        if part.startswith("crowd"):
+            k = int(part[5:])
+            seen, picks = set(), []
+            for i, ident in enumerate(pool.ids):
+                if ident not in seen:
+                    seen.add(ident)
+                    picks.append(i)
+            extra = pool.faces[np.array(picks[:k])].astype(np.float32) / 255.0
+            views = MultiPhotoViews(views, extra)
+    return views
 
 
 def load_people(root: Path) -> dict[str, list]:
@@ -139,6 +164,7 @@ def score_pairs(probe: dict, gallery: list[dict], sface_thr: float) -> dict:
 def run_config(name, args, people, cloaker_parts, scorer, clean_desc) -> dict:
     sface, pool, views = cloaker_parts
     cfg = config_for(name, args.strength)
+    views = views_for(name, views, pool, args.views)
     cloaker = Cloaker(sface, cfg, views, pool, max_batch=args.batch, seed=args.seed)
     refs = [
         (person, i)
@@ -184,6 +210,7 @@ def run_config(name, args, people, cloaker_parts, scorer, clean_desc) -> dict:
         "config": name,
         "strength": args.strength,
         "cloak_config": cfg.to_dict(),
+        "views": cloaker.views.config(),
         "identities": len(refs),
         "seconds_per_identity": fit_s / len(refs),
         "compile_s": sum(cloaker.compile_seconds.values()),

@@ -243,8 +243,9 @@ def _add_cloak_args(p: argparse.ArgumentParser) -> None:
         "--strength",
         choices=["low", "mid", "high"],
         default="mid",
-        help="fixed-mode preset: budget 4/8/12 grey levels, 15/20/40 steps "
-        "(high also spends up to 24 levels in the eye, nose and mouth boxes)",
+        help="fixed-mode preset: L-inf budget 8/16/24 grey levels, 20 steps, with momentum, "
+        "input diversity and gradient smoothing for transfer; mid (default) measured PSNR "
+        "36.5 dB on real photos (see README)",
     )
     g.add_argument(
         "--eps",

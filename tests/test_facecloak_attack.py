@@ -163,6 +163,9 @@ def test_config_checks():
         dataclasses.replace(FAITHFUL, eot=("jpeg",))
     with pytest.raises(ValueError, match="unknown strength"):
         get_config("fixed", "extreme")
-    assert get_config("fixed", "high").stickers
+    low, mid, high = (get_config("fixed", s) for s in ("low", "mid", "high"))
+    assert low.eps < mid.eps < high.eps and all(
+        c.momentum and c.diversity for c in (low, mid, high)
+    )
     assert get_config("faithful") == FAITHFUL
     assert get_config().digest() != get_config(steps=41).digest()

@@ -29,6 +29,9 @@ from jaxcloak.masks import MaskFileError, load_mask, save_mask
 from jaxcloak.nets.registry import load
 from jaxcloak.protect import Cloaker
 
+#: The default strength's L-inf budget in grey levels.
+DEFAULT_LEVELS = round(get_config().eps * 255)
+
 THRESHOLD = 0.363  # SFace's same-person cosine
 
 
@@ -81,7 +84,7 @@ def test_protect_astronaut_with_defaults(astronaut_file, protected_astronaut, re
     clean = np.array(Image.open(astronaut_file))
     prot = np.array(Image.open(entry["output"]))
     diff = np.abs(prot.astype(int) - clean.astype(int))
-    assert diff.max() <= 8  # the default budget, 8/255
+    assert diff.max() <= DEFAULT_LEVELS  # the default budget
     assert _psnr(clean, prot) >= 30
     (face,) = detect_faces(clean)
     crop, m = align_face(clean, face.landmarks)
@@ -251,7 +254,7 @@ def test_protect_every_face_of_a_group_photo(tmp_path, rec):
     clean = cv2.cvtColor(cv2.imread(str(src)), cv2.COLOR_BGR2RGB)
     prot = np.array(Image.open(entry["output"]))
     assert len(entry["faces"]) == 6
-    assert np.abs(prot.astype(int) - clean.astype(int)).max() <= 8
+    assert np.abs(prot.astype(int) - clean.astype(int)).max() <= DEFAULT_LEVELS
     assert _psnr(clean, prot) >= 30
     faces = detect_faces(clean)
     region = _face_region(clean.shape, [align_face(clean, f.landmarks)[1] for f in faces])
@@ -286,7 +289,10 @@ def test_eval_report_on_protected_output(astronaut_file, protected_astronaut, tm
         # The black-box number is whatever it is; it must be reported, with its distance.
         assert report["psr"]["dlib"]["psr"] in (0.0, 1.0)
         assert report["faces"][0]["dlib_distance"] is not None
-    assert report["quality"]["psnr"]["min"] >= 30 and report["quality"]["linf"]["max"] <= 8
+    assert (
+        report["quality"]["psnr"]["min"] >= 30
+        and report["quality"]["linf"]["max"] <= DEFAULT_LEVELS
+    )
     assert set(report["robustness"]) >= {"jpeg75", "down0.5", "crop90", "gray"}
     assert len(report["traces"]["person"]["loss"]) == report["run"]["config"]["steps"]
     for name in ("images", "similarity", "robustness", "traces"):
