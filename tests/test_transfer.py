@@ -12,6 +12,7 @@ import optax
 import pytest
 from scipy.fft import dctn
 from scipy.signal import convolve2d
+from test_facecloak_attack import tiny_embed
 
 from jaxcloak.attacks.facecloak import CloakConfig, make_cloak
 from jaxcloak.augment import low_frequency, resize_and_pad
@@ -20,11 +21,6 @@ from jaxcloak.objectives.facecloak import perceptual_budget
 from jaxcloak.optim.attack import gaussian_kernel, momentum_sign_step, smooth_gradient
 
 S, D = 24, 8
-
-
-def tiny_embed(params, images):
-    h = jnp.tanh(images.reshape(images.shape[0], -1) @ params["w"])
-    return h / jnp.linalg.norm(h, axis=-1, keepdims=True)
 
 
 @pytest.fixture
