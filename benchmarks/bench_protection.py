@@ -83,7 +83,7 @@ def config_for(name: str, strength: str):
     return get_config("fixed", strength, **overrides)
 
 
-def views_for(name: str, base_views, pool, n_views: int):
+def views_for(name: str, base_views, pool):
     """``crowdK``: K faces of other people from the anchor pool join the views (each pushed
     away from its own clean embedding too), so the mask must move faces in general rather
     than fit one photo's pixels. ``views16``: 16 augmented views instead of ``--views``."""
@@ -164,7 +164,7 @@ def score_pairs(probe: dict, gallery: list[dict], sface_thr: float) -> dict:
 def run_config(name, args, people, cloaker_parts, scorer, clean_desc) -> dict:
     sface, pool, views = cloaker_parts
     cfg = config_for(name, args.strength)
-    views = views_for(name, views, pool, args.views)
+    views = views_for(name, views, pool)
     cloaker = Cloaker(sface, cfg, views, pool, max_batch=args.batch, seed=args.seed)
     refs = [
         (person, i)

@@ -475,7 +475,7 @@ def _report_unprotected(records, surrogate: str, allow: bool) -> int:
     return 0 if allow else EXIT_STILL_RECOGNISED
 
 
-def _print_summary(summary, outdir: Path, surrogate: str = "the surrogate", allow=False) -> int:
+def _print_summary(summary, outdir: Path, surrogate: str, allow: bool) -> int:
     done = [r for r in summary.records if r.status == "protected"]
     fresh = [r for r in summary.records if r.status == "up-to-date"]
     print(

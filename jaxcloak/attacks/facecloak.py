@@ -297,8 +297,11 @@ def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable
     else:
         perturb = sign_step(eta_ref)
 
-    def masked(p, budget):  # what is applied: clipped, through the low-frequency grid
-        return jnp.clip(low_frequency(jnp.clip(p, -budget, budget), cfg.lowfreq), -budget, budget)
+    def applied(p, budget):  # what is applied: clipped (fixed mode: through the coarse grid)
+        clipped = jnp.clip(p, -budget, budget)
+        if cfg.mode == "faithful":
+            return clipped
+        return jnp.clip(low_frequency(clipped, cfg.lowfreq), -budget, budget)
 
     def _diverse(x01, key):  # DI: each view shrunk and padded with probability cfg.diversity
         k_on, k_tr = jax.random.split(key)
@@ -326,7 +329,7 @@ def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable
 
     def stats(state, budget):
         p = state.alpha * state.rho
-        clipped = masked(p, budget) if cfg.mode == "fixed" else jnp.clip(p, -budget, budget)
+        clipped = applied(p, budget)
         fed = p if cfg.mode == "faithful" else clipped
         delta = clipped / cfg.to_ref  # applied [0, 1] units
         return {
@@ -434,8 +437,7 @@ def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable
 
         state, trace = jax.lax.scan(body, state, order, unroll=unroll)
         p = state.alpha * state.rho
-        applied = masked(p, budget) if cfg.mode == "fixed" else jnp.clip(p, -budget, budget)
-        mask = applied * cfg.mask_scale
+        mask = applied(p, budget) * cfg.mask_scale
         if cfg.mode == "faithful":
             # int16(M) in the reference: truncation toward zero, then the regions' extras.
             mask = jnp.trunc(mask)
