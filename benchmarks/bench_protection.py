@@ -75,7 +75,7 @@ TRANSFORMS = ("none", "jpeg75", "jpeg50", "down0.5", "blur1")
 def config_for(name: str, strength: str):
     overrides: dict = {}
     for part in name.split("+"):
-        if part.startswith("crowd") or part == "views16":
+        if part.startswith("crowd") or part in VIEW_OPTIONS:
             continue  # view options, see views_for
         if part not in CONFIGS:
             raise SystemExit(f"unknown config {part!r}; known: {sorted(CONFIGS)}")
@@ -83,14 +83,22 @@ def config_for(name: str, strength: str):
     return get_config("fixed", strength, **overrides)
 
 
+#: View options: (number of views or None for --views, augmentation strength).
+VIEW_OPTIONS = {"views16": (16, "mid"), "pose": (None, "pose"), "pose16": (16, "pose")}
+
+
 def views_for(name: str, base_views, pool):
     """``crowdK``: K faces of other people from the anchor pool join the views (each pushed
     away from its own clean embedding too), so the mask must move faces in general rather
-    than fit one photo's pixels. ``views16``: 16 augmented views instead of ``--views``."""
+    than fit one photo's pixels. ``views16``: 16 augmented views instead of ``--views``;
+    ``pose``/``pose16``: views with turns of the head and expression warps."""
     views = base_views
     for part in name.split("+"):
-        if part == "views16":
-            views = make_view_generator("augment", n_views=16)
+        if part in VIEW_OPTIONS:
+            n, strength = VIEW_OPTIONS[part]
+            views = make_view_generator(
+                "augment", n_views=n or base_views.n_views, strength=strength
+            )
     for part in name.split("+"):
         if part.startswith("crowd"):
             k = int(part[5:])

@@ -36,6 +36,7 @@ __all__ = [
     "channel_gain",
     "directional_light",
     "gaussian_blur",
+    "head_turn",
     "hflip_aligned",
     "hflip_matrix",
     "jpeg_like",
@@ -43,7 +44,9 @@ __all__ = [
     "occlude",
     "random_pose",
     "resize_round_trip",
+    "sample_bilinear",
     "sharpen",
+    "smooth_warp",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -87,6 +90,13 @@ def affine_warp(
         u, v = _reflect(u, w), _reflect(v, h)
     elif border != "edge":
         raise ValueError(f"border must be 'edge' or 'reflect', got {border!r}")
+    return sample_bilinear(img, u, v)
+
+
+def sample_bilinear(img: Image, u: jax.Array, v: jax.Array) -> Image:
+    """``img`` read at continuous pixel coordinates ``(u, v)`` (each (H', W')), bilinearly;
+    coordinates outside the image take the nearest edge pixel. Differentiable in all three."""
+    h, w = img.shape[:2]
     # Clamping the coordinate (not the result) is what makes the border replicate the edge.
     u = jnp.clip(u, 0.0, w - 1.0)
     v = jnp.clip(v, 0.0, h - 1.0)
@@ -150,6 +160,83 @@ def random_pose(
     from_unit = np.array([[w / 2.0, 0, (w - 1) / 2.0], [0, h / 2.0, (h - 1) / 2.0], [0, 0, 1]])
     to_unit = np.linalg.inv(from_unit)
     return jnp.asarray(from_unit, jnp.float32) @ pose @ jnp.asarray(to_unit, jnp.float32)
+
+
+def face_depth(size: int) -> np.ndarray:
+    """A mean face's depth (pixels towards the camera) over an aligned ``size`` crop.
+
+    An ellipsoid over the ArcFace template's face region plus a nose bump: crude, but enough
+    for a turn of the head to move the nose across the cheek and foreshorten the far side,
+    which no 2D similarity or homography does.
+    """
+    s = size / 112.0
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    cx, cy, rx, ry = 55.5 * s, 62.0 * s, 48.0 * s, 64.0 * s
+    r2 = ((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2
+    head = 40.0 * s * np.sqrt(np.clip(1.0 - r2, 0.0, None))
+    nose = 12.0 * s * np.exp(-((xs - 56.0 * s) ** 2 + (ys - 68.0 * s) ** 2) / (2 * (8.0 * s) ** 2))
+    return (head + nose).astype(np.float32)
+
+
+def _fit_similarity(src: jax.Array, dst: jax.Array) -> jax.Array:
+    """Least-squares 2D similarity (2, 3) taking ``src`` (N, 2) points onto ``dst``."""
+    ms, md = src.mean(0), dst.mean(0)
+    a, b = src - ms, dst - md
+    den = jnp.sum(a * a)
+    c = jnp.sum(a * b) / den
+    s = jnp.sum(a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]) / den
+    rot = jnp.array([[c, -s], [s, c]])
+    return jnp.concatenate([rot, (md - rot @ ms)[:, None]], axis=1)
+
+
+def head_turn(img: Image, yaw: jax.Array | float, pitch: jax.Array | float) -> Image:
+    """The aligned face as if the head were turned by ``yaw`` and tilted by ``pitch`` (radians),
+    then re-aligned from its five landmarks as a new photo would be.
+
+    Each pixel is lifted onto :func:`face_depth` and rotated (orthographic projection), so the
+    nose moves further than the cheeks and the far side shrinks; the landmarks move with it and
+    a least-squares similarity puts them back on the template, as the aligner does for a real
+    photo taken at that angle. The inverse of the depth map is found by fixed-point iteration
+    (it converges for the small depth slopes of a face); self-occlusion is ignored, which is
+    mild up to about 25 degrees. Zero angles return ``img`` up to resampling.
+    """
+    size = img.shape[0]
+    depth = jnp.asarray(face_depth(size))
+    c = (size - 1) / 2.0
+    cy_, sy_ = jnp.cos(yaw), jnp.sin(yaw)
+    cp_, sp_ = jnp.cos(pitch), jnp.sin(pitch)
+
+    def forward(x, y, z):  # source pixel -> where the turned head shows it
+        return c + (x - c) * cy_ + z * sy_, c + (y - c) * cp_ + z * sp_
+
+    tmpl = jnp.asarray(ARCFACE_TEMPLATE * (size / 112.0), jnp.float32)
+    zl = sample_bilinear(depth[..., None], tmpl[:, 0], tmpl[:, 1])[..., 0]
+    moved = jnp.stack(forward(tmpl[:, 0], tmpl[:, 1], zl), axis=-1)
+    realign = _fit_similarity(tmpl, moved)  # template position -> turned-photo position
+    ys, xs = jnp.meshgrid(
+        jnp.arange(size, dtype=jnp.float32), jnp.arange(size, dtype=jnp.float32), indexing="ij"
+    )
+    qx = realign[0, 0] * xs + realign[0, 1] * ys + realign[0, 2]
+    qy = realign[1, 0] * xs + realign[1, 1] * ys + realign[1, 2]
+    u, v = qx, qy
+    for _ in range(5):  # solve forward(u, v, depth(u, v)) = q
+        z = sample_bilinear(depth[..., None], u, v)[..., 0]
+        fx, fy = forward(u, v, z)
+        u, v = u + (qx - fx), v + (qy - fy)
+    return sample_bilinear(img, u, v)
+
+
+def smooth_warp(img: Image, key: PRNGKey, amplitude: jax.Array | float, grid: int = 4) -> Image:
+    """A random smooth local deformation (expression-like: a mouth or brow moves, a cheek
+    fills), displacements drawn on a ``grid`` x ``grid`` lattice and interpolated; no pixel
+    moves more than ``amplitude`` pixels along either axis."""
+    h, w = img.shape[:2]
+    coarse = jax.random.uniform(key, (grid + 1, grid + 1, 2), minval=-1.0, maxval=1.0)
+    d = jax.image.resize(coarse, (h, w, 2), "linear", antialias=False) * amplitude
+    ys, xs = jnp.meshgrid(
+        jnp.arange(h, dtype=img.dtype), jnp.arange(w, dtype=img.dtype), indexing="ij"
+    )
+    return sample_bilinear(img, xs + d[..., 0], ys + d[..., 1])
 
 
 @functools.lru_cache(maxsize=8)

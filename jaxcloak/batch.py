@@ -23,7 +23,14 @@ import numpy as np
 
 from .anchors import IMAGE_SUFFIXES, embed_faces
 from .faces.align import warp_crop
-from .faces.photo import FacePolicy, NoFaceError, NoFacePolicy, Photo, prepare_photo
+from .faces.photo import (
+    FacePolicy,
+    NoFaceError,
+    NoFacePolicy,
+    Photo,
+    RotationPolicy,
+    prepare_photo,
+)
 from .io.atomic import atomic_write_json
 from .io.images import ImageReadError, read_image, write_image
 from .masks import save_mask
@@ -32,24 +39,24 @@ from .protect import Cloaker, FitResult, apply_mask
 MANIFEST = "manifest.json"
 
 
-def collect_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[Path, str]]]:
+def collect_inputs(
+    paths: Iterable[str | os.PathLike], *, exclude: str | os.PathLike | None = None
+) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Expand files and folders (recursively, image suffixes only) into a sorted unique list.
 
+    ``exclude``: a folder whose files are never inputs (the job's output folder, when it lies
+    inside an input folder, so a rerun does not protect its own outputs).
     Returns ``(files, errors)``; a path that does not exist is an error, not an exception.
     """
     files: list[Path] = []
     errors: list[tuple[Path, str]] = []
+    skip = Path(exclude).resolve() if exclude is not None else None
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            found = sorted(
-                f
-                for f in p.rglob("*")
-                if f.is_file()
-                and f.suffix.lower() in IMAGE_SUFFIXES
-                and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            )
-            if not found:
+            found, skipped = _scan_folder(p, skip)
+            errors.extend(skipped)
+            if not found and not skipped:
                 errors.append(
                     (p, f"{p}: folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
                 )
@@ -65,6 +72,46 @@ def collect_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list
             seen.add(key)
             unique.append(f)
     return unique, errors
+
+
+#: Image formats people have that jaxcloak does not protect: named when skipped, not silent.
+UNSUPPORTED_SUFFIXES = frozenset({".gif", ".heic", ".heif", ".avif", ".jxl", ".jp2"})
+
+
+def _scan_folder(root: Path, skip: Path | None) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Image files under ``root`` (hidden entries and ``skip`` left out), sorted, and the
+    entries passed over with their reason: unsupported formats, broken links, non-regular
+    files, unreadable subfolders."""
+    found: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+
+    def unreadable(err: OSError) -> None:
+        where = Path(err.filename) if err.filename else root
+        skipped.append((where, f"{where}: folder skipped, cannot be read ({err.strerror})"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
+        d = Path(dirpath)
+        dirnames[:] = sorted(
+            n
+            for n in dirnames
+            if not n.startswith(".") and not (skip and (d / n).resolve().is_relative_to(skip))
+        )
+        for name in sorted(filenames):
+            f = d / name
+            suffix = f.suffix.lower()
+            if name.startswith(".") or (skip and f.resolve().is_relative_to(skip)):
+                continue
+            if suffix in UNSUPPORTED_SUFFIXES:
+                skipped.append((f, f"{f}: skipped, {suffix} photos are not supported"))
+            elif suffix not in IMAGE_SUFFIXES:
+                continue
+            elif f.is_symlink() and not f.exists():
+                skipped.append((f, f"{f}: skipped, a broken symbolic link"))
+            elif not f.is_file():
+                skipped.append((f, f"{f}: skipped, not a regular file"))
+            else:
+                found.append(f)
+    return sorted(found), skipped
 
 
 def group_identities(files: Sequence[Path], mode: str) -> dict[str, list[Path]]:
@@ -104,7 +151,12 @@ def group_identities(files: Sequence[Path], mode: str) -> dict[str, list[Path]]:
 
 
 def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "person"
+    """A file-name-safe identity name; long ones are cut and keep a hash of the whole, so mask
+    file names stay unique and far below the file system's 255-byte limit."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "person"
+    if len(slug) > 150:
+        slug = f"{slug[:100]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+    return slug
 
 
 @dataclass
@@ -119,6 +171,7 @@ class PhotoRecord:
     faces: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    linf: int | None = None  # largest change of any pixel in the written file, grey levels
 
 
 @dataclass
@@ -150,8 +203,117 @@ def output_name(rel: Path, fmt: str | None) -> Path:
     return rel.with_suffix(ext or f".{fmt.lower()}")
 
 
-def _output_path(src: Path, root: Path, outdir: Path, fmt: str | None) -> Path:
-    return outdir / output_name(src.resolve().relative_to(root), fmt)
+class OutputConflict(ValueError):
+    """Planned outputs that would overwrite each other, an input, or a file jaxcloak did not
+    write; raised before any work starts."""
+
+
+#: Every output a job plans, one path per line relative to the output folder, appended before
+#: the photo is written: a file listed here was jaxcloak's to replace, even if a kill came
+#: before its manifest line.
+LEDGER = ".jaxcloak-outputs"
+
+
+def check_output_folder(outdir: Path, inputs: Iterable[str | os.PathLike]) -> None:
+    """Refuse an output folder that is one of the input folders (outputs would land next to,
+    or on, the photos they protect). One inside an input folder is fine: it is excluded from
+    the scan (:func:`collect_inputs`'s ``exclude``)."""
+    out = Path(outdir).resolve()
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir() and p.resolve() == out:
+            raise OutputConflict(
+                f"-o {outdir} is the input folder {raw}; write the outputs to another folder"
+            )
+    if out.exists() and not out.is_dir():
+        raise OutputConflict(f"-o {outdir}: exists and is not a folder")
+
+
+def plan_outputs(
+    files: Sequence[Path], root: Path, outdir: Path, fmt: str | None
+) -> dict[Path, Path]:
+    """Each input's output path; raises :class:`OutputConflict` if two inputs map to one
+    output (``x.jpg`` and ``x.png`` with ``--format PNG``) or an output is an input."""
+    plan = {f: outdir / output_name(f.resolve().relative_to(root), fmt) for f in files}
+    claimed: dict[str, Path] = {}
+    clashes = []
+    inputs = {f.resolve() for f in files}
+    for f, out in plan.items():
+        key = os.path.normcase(str(out.resolve()))
+        if key in claimed:
+            clashes.append(f"{claimed[key]} and {f} would both be written to {out}")
+        claimed.setdefault(key, f)
+        if out.resolve() in inputs:
+            clashes.append(f"{f}: its output {out} is an input photo")
+    if clashes:
+        more = f" (and {len(clashes) - 5} more)" if len(clashes) > 5 else ""
+        raise OutputConflict(
+            "outputs would collide: "
+            + "; ".join(clashes[:5])
+            + more
+            + ". Rename the inputs, drop --format, or choose another -o"
+        )
+    return plan
+
+
+def claim_outputs(outdir: Path, outputs: Iterable[Path]) -> None:
+    """Refuse to replace files in ``outdir`` that jaxcloak did not write, then record the
+    outputs about to be written in the folder's ledger.
+
+    A file is jaxcloak's when an earlier job listed it in the ledger (or, for folders written
+    before the ledger existed, in a manifest). Raises :class:`OutputConflict` naming the files.
+    """
+    outdir = Path(outdir)
+    ledger = outdir / LEDGER
+    known: set[str] = set()
+    try:
+        known.update(ln for ln in ledger.read_text(encoding="utf-8").splitlines() if ln)
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError) as e:
+        raise OutputConflict(f"{ledger}: cannot read the output ledger ({e})") from None
+    known.update(_manifest_outputs(outdir))
+    rels = [str(Path(o).relative_to(outdir)) for o in outputs]
+    foreign = [r for r in rels if r not in known and (outdir / r).exists()]
+    if foreign:
+        more = f" (and {len(foreign) - 5} more)" if len(foreign) > 5 else ""
+        raise OutputConflict(
+            f"{outdir} already holds {', '.join(foreign[:5])}{more}, not written by jaxcloak; "
+            "move them away or choose another -o (nothing was written)"
+        )
+    new = [r for r in dict.fromkeys(rels) if r not in known]
+    if new:
+        with ledger.open("a", encoding="utf-8") as fh:
+            fh.write("".join(r + "\n" for r in new))
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def _manifest_outputs(outdir: Path) -> set[str]:
+    """Outputs listed in any manifest in ``outdir`` (``.json`` or ``.jsonl``), relative."""
+    found: set[str] = set()
+    for m in outdir.glob("manifest*.json*"):
+        try:
+            text = m.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if m.suffix == ".json":
+            try:
+                photos = json.loads(text).get("photos", [])
+            except (ValueError, AttributeError):
+                continue
+        else:
+            photos = []
+            for ln in text.splitlines():
+                try:
+                    photos.append(json.loads(ln).get("photo") or {})
+                except (ValueError, AttributeError):
+                    continue
+        for ph in photos:
+            out = ph.get("output") if isinstance(ph, dict) else None
+            if isinstance(out, str) and Path(out).resolve().is_relative_to(outdir.resolve()):
+                found.add(str(Path(out).resolve().relative_to(outdir.resolve())))
+    return found
 
 
 def common_root(files: Sequence[Path]) -> Path:
@@ -170,6 +332,7 @@ def protect_files(
     faces: FacePolicy = "all",
     no_face: NoFacePolicy = "skip",
     min_face: float = 20,
+    rotations: RotationPolicy = "auto",
     fmt: str | None = None,
     quality: int = 95,
     resume: bool = True,
@@ -195,13 +358,15 @@ def protect_files(
     manifest_path = outdir / manifest
     previous = _load_manifest(manifest_path, run) if resume else {}
     root = root or common_root(list(files) + ([reference] if reference else []))
+    plan = plan_outputs(files, Path(root).resolve(), outdir, fmt)
+    claim_outputs(outdir, plan.values())
     wrap = progress or (lambda it, desc, total: it)
 
     records: dict[str, PhotoRecord] = {}
     todo: list[tuple[str, Path]] = []
     for group, members in group_identities(files, identity).items():
         for f in members:
-            out = _output_path(f, root, outdir, fmt)
+            out = plan[f]
             prev = previous.get(str(f))
             if prev and _up_to_date(prev, f, out):
                 records[str(f)] = PhotoRecord(**{**prev, "status": "up-to-date"})
@@ -213,7 +378,7 @@ def protect_files(
     for _group, f in wrap(todo, "reading and detecting", len(todo)):
         try:
             photos[str(f)] = prepare_photo(
-                read_image(f), faces=faces, no_face=no_face, min_face=min_face
+                read_image(f), faces=faces, no_face=no_face, min_face=min_face, rotations=rotations
             )
         except (ImageReadError, NoFaceError) as e:
             status = "no-face" if isinstance(e, NoFaceError) else "failed"
@@ -222,7 +387,11 @@ def protect_files(
     if reference is not None:
         try:
             ref_photo = prepare_photo(
-                read_image(reference), faces=faces, no_face=no_face, min_face=min_face
+                read_image(reference),
+                faces=faces,
+                no_face=no_face,
+                min_face=min_face,
+                rotations=rotations,
             )
         except (ImageReadError, NoFaceError) as e:
             raise ValueError(f"reference photo unusable: {e}") from e
@@ -272,17 +441,22 @@ def protect_files(
     fitted.update(_fit(cloaker, extra, wrap))
     fit_seconds = time.perf_counter() - t0
 
-    mask_files = {}
+    mask_files, mask_errors = {}, {}
     for name, res in fitted.items():
         path = outdir / "masks" / f"{name}.mask"
-        save_mask(path, res.delta, {**res.meta, "identity": name}, traces=res.trace, overwrite=True)
+        meta = {**res.meta, "identity": name}
+        try:
+            save_mask(path, res.delta, meta, traces=res.trace, overwrite=True)
+        except OSError as e:  # the photos can still be protected; the note says what is missing
+            mask_errors[name] = f"mask file {path} not written ({e.strerror or e})"
+            continue
         mask_files[name] = str(path)
 
     # 4. Apply, write, verify by reading the written file back.
     t1 = time.perf_counter()
     for f in wrap([f for fs in groups.values() for f in fs], "applying masks", len(photos)):
         photo = photos[str(f)]
-        out = _output_path(f, root, outdir, fmt)
+        out = plan[f]
         try:
             names = [assign[(str(f), j)] for j in range(len(photo.faces))]
             rgb = apply_mask(photo, [fitted[n].delta for n in names])
@@ -290,6 +464,7 @@ def protect_files(
             write_image(out, rgb, like=photo.image, format=fmt, quality=quality, overwrite=True)
             written = read_image(out)
             face_rows = _face_report(cloaker, photo, written.rgb, names)
+            linf, over = change_report(cloaker, photo, written.rgb)
             records[str(f)] = PhotoRecord(
                 str(f),
                 "protected",
@@ -297,7 +472,10 @@ def protect_files(
                 str(out),
                 written.sha256,
                 face_rows,
-                list(photo.notes),
+                list(photo.notes)
+                + over
+                + [mask_errors[n] for n in dict.fromkeys(names) if n in mask_errors],
+                linf=linf,
             )
         except Exception as e:  # one bad photo must not stop the batch
             records[str(f)] = PhotoRecord(
@@ -332,6 +510,21 @@ def _fit(
         )
         out.update(zip(sub, res, strict=True))
     return out
+
+
+def change_report(cloaker: Cloaker, photo: Photo, written: np.ndarray) -> tuple[int, list[str]]:
+    """The written file's largest pixel change against the input, and a note when it exceeds
+    the mask's budget (lossy re-encoding adds its own error on top of the mask's)."""
+    if written.shape != photo.image.rgb.shape:
+        raise ValueError(f"written image is {written.shape}, input {photo.image.rgb.shape}")
+    linf = int(np.abs(written.astype(np.int16) - photo.image.rgb.astype(np.int16)).max())
+    budget = cloaker.config.max_levels()
+    if linf <= budget + 0.5:
+        return linf, []
+    return linf, [
+        f"the written file changes pixels by up to {linf} grey levels, {linf - budget:.0f} over "
+        f"the mask's budget of {budget:.0f} (lossy re-encoding); --format PNG keeps it exact"
+    ]
 
 
 def _face_report(

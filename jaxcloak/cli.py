@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -225,9 +226,36 @@ def _no_face_policy(value: str):
         box = tuple(float(v) for v in parts)
     except ValueError:
         box = ()
-    if len(box) != 4:
+    if len(box) != 4 or not all(math.isfinite(v) for v in box):
         raise argparse.ArgumentTypeError(f"expected skip, whole-image or X,Y,W,H, got {value!r}")
+    if box[0] < 0 or box[1] < 0 or box[2] < 16 or box[3] < 16:
+        raise argparse.ArgumentTypeError(
+            f"box {value!r}: X and Y must be >= 0 and W, H at least 16 pixels"
+        )
     return box
+
+
+def _number(kind: type, lo: float | None = None, hi: float | None = None, *, open_lo=False):
+    """An argparse type: ``kind`` (int or float) in [lo, hi] (``open_lo``: lo excluded)."""
+
+    def parse(value: str):
+        try:
+            v = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {value!r}"
+            ) from None
+        if kind is float and not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
+        below = lo is not None and (v <= lo if open_lo else v < lo)
+        if below or (hi is not None and v > hi):
+            left = "(" if open_lo else "["
+            rng = f"{left}{'' if lo is None else lo}, {'' if hi is None else hi}]"
+            raise argparse.ArgumentTypeError(f"{value} is out of range {rng}")
+        return v
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
 
 
 def _add_cloak_args(p: argparse.ArgumentParser) -> None:
@@ -249,11 +277,13 @@ def _add_cloak_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--eps",
-        type=float,
+        type=_number(float, 0, 255, open_lo=True),
         metavar="LEVELS",
         help="override the L-inf budget, in grey levels (0..255)",
     )
-    g.add_argument("--steps", type=int, help="override the number of optimisation steps")
+    g.add_argument(
+        "--steps", type=_number(int, 1, 10000), help="override the number of optimisation steps"
+    )
     g.add_argument(
         "--views",
         default="8",
@@ -277,7 +307,12 @@ def _add_cloak_args(p: argparse.ArgumentParser) -> None:
         metavar="KINDS",
         help="robustness: comma list of resize,blur,jpeg applied while optimising",
     )
-    g.add_argument("--seed", type=int, default=0, help="PRNG seed (recorded in the manifest)")
+    g.add_argument(
+        "--seed",
+        type=_number(int, 0, 2**32 - 1),
+        default=0,
+        help="PRNG seed (recorded in the manifest)",
+    )
     g.add_argument(
         "--model",
         default="sface",
@@ -298,7 +333,7 @@ def _add_cloak_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--batch",
-        type=int,
+        type=_number(int, 1, 4096),
         default=8,
         help="people optimised together in one compiled call (default 8; rounded up to a "
         "multiple of the device count, the batch is split over all local devices)",
@@ -326,9 +361,17 @@ def _add_cloak_args(p: argparse.ArgumentParser) -> None:
     )
     f.add_argument(
         "--min-face",
-        type=float,
+        type=_number(float, 0),
         default=20,
         help="smaller faces are reported, not protected (pixels, default 20)",
+    )
+    f.add_argument(
+        "--rotations",
+        choices=["auto", "off", "all"],
+        default="auto",
+        help="auto (default): when a photo shows no face, look again with it turned 90, 180 "
+        "and 270 degrees (a sideways portrait without EXIF orientation) and protect it in its "
+        "own orientation; all: always look at every orientation; off: never",
     )
 
 
@@ -431,18 +474,53 @@ def _view_generator(args: argparse.Namespace):
     )
 
 
-def _chosen_face(path: Path, faces, min_face: float):
+def _chosen_face(path: Path, faces, min_face: float, rotations: str = "auto"):
     """The photo with its first chosen face (the largest, unless ``faces`` is an index)."""
     from .faces import prepare_photo
     from .io import read_image
 
-    return prepare_photo(read_image(path), faces=faces, min_face=min_face)
+    return prepare_photo(read_image(path), faces=faces, min_face=min_face, rotations=rotations)
 
 
 def _progress(it, desc: str, total: int):
     from tqdm import tqdm
 
     return tqdm(it, desc=desc, total=total, unit="it", disable=None, leave=False)
+
+
+def _print_change(records, budget: float) -> None:
+    """The largest pixel change in the written files, next to the budget it should keep."""
+    written = [r for r in records if r.status == "protected" and r.linf is not None]
+    if not written:
+        return
+    worst = max(r.linf for r in written)
+    over = sum(r.linf > budget + 0.5 for r in written)
+    tail = (
+        f"; {over} photo(s) over it from lossy re-encoding (--format PNG keeps it exact)"
+        if over
+        else ""
+    )
+    print(
+        f"largest pixel change in the written files: {worst} grey levels "
+        f"(budget {budget:.0f}){tail}"
+    )
+
+
+def _print_failures(failed: list[tuple[str, str]], limit: int = 20) -> None:
+    """Each failed photo once (its path, then the reason), grouped by reason."""
+    by: dict[str, list[str]] = {}
+    for path, msg in failed:
+        reason = msg[len(path) + 2 :] if msg.startswith(f"{path}: ") else msg
+        by.setdefault(reason, []).append(path)
+    shown = 0
+    for reason, paths in sorted(by.items(), key=lambda kv: -len(kv[1])):
+        head = f"{len(paths)} photo(s): " if len(paths) > 1 else ""
+        print(f"  FAILED {head}{reason}", file=sys.stderr)
+        for path in paths[: max(limit - shown, 0)]:
+            print(f"    {path}", file=sys.stderr)
+        shown += len(paths)
+    if shown > limit:
+        print(f"  ({shown - limit} more paths in the manifest)", file=sys.stderr)
 
 
 #: Exit status when every photo was written but some face is still recognised by the surrogate.
@@ -489,8 +567,7 @@ def _print_summary(summary, outdir: Path, surrogate: str, allow: bool) -> int:
                 f"  {r.output}: face {face['index']} ({face['identity']}): surrogate cosine "
                 f"{face['cos_after']:.3f} ({flag})"
             )
-    for path, msg in summary.failed:
-        print(f"  FAILED {path}: {msg}", file=sys.stderr)
+    _print_failures(summary.failed)
     s = summary.seconds
     print(
         f"time: fit {s['fit']:.1f} s (of which compile {s['compile']:.1f} s), "
@@ -510,7 +587,14 @@ def _read_file_list(path: str) -> list[str]:
 
 
 def _cmd_protect(args: argparse.Namespace) -> int:
-    from .batch import collect_inputs, common_root, protect_files
+    from .batch import (
+        OutputConflict,
+        check_output_folder,
+        collect_inputs,
+        common_root,
+        plan_outputs,
+        protect_files,
+    )
     from .runtime import init_distributed, process_share
 
     if args.demo:
@@ -526,22 +610,31 @@ def _cmd_protect(args: argparse.Namespace) -> int:
         index, count = init_distributed(args.coordinator, args.num_processes, args.process_id)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e
-    files, errors = collect_inputs(inputs)
+    outdir = Path(args.output)
+    try:
+        check_output_folder(outdir, inputs)
+    except OutputConflict as e:
+        raise SystemExit(f"error: {e}") from None
+    files, errors = collect_inputs(inputs, exclude=outdir)
     for _, msg in errors:
         print(f"error: {msg}", file=sys.stderr)
     if not files:
         return 1
-    outdir = Path(args.output)
     if args.method == "map":
         if count > 1:
             raise SystemExit("error: --method map runs as one process (no --coordinator)")
         return max(_run_map_cli(args, files, outdir, evaluate=not args.no_eval), 1 if errors else 0)
     root = common_root(files + ([Path(args.reference)] if args.reference else []))
+    try:  # over the whole job, before any process fits anything
+        plan = plan_outputs(files, root, outdir, args.format)
+    except OutputConflict as e:
+        raise SystemExit(f"error: {e}") from None
     manifest = "manifest" if count == 1 else f"manifest.p{index}of{count}"
     if count > 1:
         print(f"process {index} of {count}: ", end="")
     if args.identity == "per-file":
         share = process_share(files, index, count)
+        _claim(outdir, [plan[f] for f in share], share)
         status = _protect_stream_cli(args, share, outdir, root, manifest)
         return 1 if errors else status
     from .batch import group_identities
@@ -556,6 +649,7 @@ def _cmd_protect(args: argparse.Namespace) -> int:
         print(f"{len(mine)} of {len(groups)} identity group(s), {len(share)} photo(s)")
     if not share:
         return 1 if errors else 0
+    _claim(outdir, [plan[f] for f in share], share)
     cloaker = _make_cloaker(args)
     summary = protect_files(
         share,
@@ -566,6 +660,7 @@ def _cmd_protect(args: argparse.Namespace) -> int:
         faces=args.faces,
         no_face=args.no_face,
         min_face=args.min_face,
+        rotations=args.rotations,
         fmt=args.format,
         quality=args.quality,
         resume=not args.no_resume,
@@ -574,8 +669,32 @@ def _cmd_protect(args: argparse.Namespace) -> int:
         manifest=f"{manifest}.json",
     )
     _print_compiles(args, outdir / f"{manifest}.json")
+    _print_change(summary.records, cloaker.config.max_levels())
     status = _print_summary(summary, outdir, cloaker.recognizer.spec.name, args.allow_unprotected)
     return 1 if errors else status
+
+
+def _claim(outdir: Path, outputs: list[Path], inputs: list[Path] | None = None) -> None:
+    """Before any model loads: refuse to replace files in OUTDIR that jaxcloak did not write,
+    and refuse a destination without room for about the inputs' size again."""
+    import shutil
+
+    from .batch import OutputConflict, claim_outputs
+
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        need = sum(f.stat().st_size for f in inputs or []) + (1 << 20) * len(inputs or [])
+        free = shutil.disk_usage(outdir).free
+        if need > free:
+            raise SystemExit(
+                f"error: -o {outdir}: {free / 1e6:.0f} MB free, the outputs and masks need "
+                f"about {need / 1e6:.0f} MB; free some space or choose another folder"
+            )
+        claim_outputs(outdir, outputs)
+    except OutputConflict as e:
+        raise SystemExit(f"error: {e}") from None
+    except OSError as e:
+        raise SystemExit(f"error: -o {outdir}: cannot write there ({e.strerror or e})") from None
 
 
 def _protect_stream_cli(
@@ -613,6 +732,7 @@ def _protect_stream_cli(
             faces=args.faces,
             no_face=args.no_face,
             min_face=args.min_face,
+            rotations=args.rotations,
             fmt=args.format,
             quality=args.quality,
             resume=not args.no_resume,
@@ -637,10 +757,8 @@ def _protect_stream_cli(
         f"by the surrogate), {by.get('up-to-date', 0)} already up to date, "
         f"{len(summary.failed)} failed"
     )
-    for path, msg in summary.failed[:20]:
-        print(f"  FAILED {path}: {msg}", file=sys.stderr)
-    if len(summary.failed) > 20:
-        print(f"  ... and {len(summary.failed) - 20} more (see the manifest)", file=sys.stderr)
+    _print_failures(summary.failed)
+    _print_change(summary.records, cloaker.config.max_levels())
     s = summary.seconds
     done = by.get("protected", 0)
     rate = done / s["total"] if s["total"] > 0 else 0.0
@@ -710,13 +828,18 @@ def _add_map_args(p: argparse.ArgumentParser) -> None:
         help="demo (default without --score-net): 60 steps, lr 2e-4; paper (default with "
         "--score-net): 800 steps, lr 8e-6 x1.3/epoch",
     )
-    g.add_argument("--map-steps", type=int, metavar="N", help="override the number of steps")
+    g.add_argument(
+        "--map-steps",
+        type=_number(int, 1, 100000),
+        metavar="N",
+        help="override the number of steps",
+    )
     g.add_argument(
         "--projection",
         choices=["gradvac", "pcgrad", "none"],
         help="gradient projection between identity and expression (default gradvac)",
     )
-    g.add_argument("--t0", type=int, help="DDIM inversion depth (default 60)")
+    g.add_argument("--t0", type=_number(int, 1, 1000), help="DDIM inversion depth (default 60)")
     g.add_argument(
         "--no-eval",
         action="store_true",
@@ -826,9 +949,24 @@ def _cmd_map_fit(args: argparse.Namespace) -> int:
 def _cmd_mask_fit(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .faces import NoFaceError
+    from .io import ImageReadError
     from .masks import save_mask
 
-    photo, *others = [_chosen_face(Path(p), args.faces, args.min_face) for p in args.photos]
+    target = Path(args.output)
+    if target.exists() and not args.overwrite:  # before the fit, not after it
+        raise SystemExit(f"error: {target} exists; pass --overwrite to replace it")
+    if target.is_dir() or not target.parent.is_dir():
+        raise SystemExit(f"error: -o {target}: expected a file path in an existing folder")
+    if not os.access(target.parent, os.W_OK):
+        raise SystemExit(f"error: -o {target}: folder {target.parent} is not writable")
+    try:
+        rot = getattr(args, "rotations", "auto")
+        photo, *others = [
+            _chosen_face(Path(p), args.faces, args.min_face, rot) for p in args.photos
+        ]
+    except (ImageReadError, NoFaceError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
     extra = np.stack([o.faces[0].crop for o in others]) if others else None
     cloaker = _make_cloaker(args, extra)
     face = photo.faces[0]
@@ -842,7 +980,13 @@ def _cmd_mask_fit(args: argparse.Namespace) -> int:
 
 
 def _cmd_mask_apply(args: argparse.Namespace) -> int:
-    from .batch import collect_inputs, output_name
+    from .batch import (
+        OutputConflict,
+        check_output_folder,
+        collect_inputs,
+        common_root,
+        plan_outputs,
+    )
     from .faces import NoFaceError, prepare_photo
     from .io import ImageReadError, read_image, write_image
     from .masks import MaskFileError, load_mask
@@ -853,9 +997,14 @@ def _cmd_mask_apply(args: argparse.Namespace) -> int:
     except MaskFileError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    files, errors = collect_inputs(args.photos)
     outdir = Path(args.output)
-    outdir.mkdir(parents=True, exist_ok=True)
+    try:
+        check_output_folder(outdir, args.photos)
+        files, errors = collect_inputs(args.photos, exclude=outdir)
+        plan = plan_outputs(files, common_root(files), outdir, args.format) if files else {}
+    except OutputConflict as e:
+        raise SystemExit(f"error: {e}") from None
+    _claim(outdir, list(plan.values()), files)
     failed = [msg for _, msg in errors]
     n = 0
     for f in _progress(files, "applying", len(files)):
@@ -865,10 +1014,12 @@ def _cmd_mask_apply(args: argparse.Namespace) -> int:
                 faces=args.faces,
                 no_face=args.no_face,
                 min_face=args.min_face,
+                rotations=args.rotations,
                 size=mask.size,
             )
             rgb = apply_mask(photo, [mask.delta] * len(photo.faces))
-            out = outdir / output_name(Path(f.name), args.format)
+            out = plan[f]
+            out.parent.mkdir(parents=True, exist_ok=True)
             write_image(
                 out, rgb, like=photo.image, format=args.format, quality=args.quality, overwrite=True
             )
@@ -897,10 +1048,18 @@ def _add_scale_args(p: argparse.ArgumentParser) -> None:
         help="also read input paths from LIST, one per line (- reads stdin)",
     )
     g.add_argument(
-        "--readers", type=int, default=2, metavar="N", help="decode/detect threads (default 2)"
+        "--readers",
+        type=_number(int, 1, 64),
+        default=2,
+        metavar="N",
+        help="decode/detect threads (default 2)",
     )
     g.add_argument(
-        "--writers", type=int, default=2, metavar="N", help="encode/write threads (default 2)"
+        "--writers",
+        type=_number(int, 1, 64),
+        default=2,
+        metavar="N",
+        help="encode/write threads (default 2)",
     )
     g.add_argument(
         "--no-masks",
@@ -908,8 +1067,12 @@ def _add_scale_args(p: argparse.ArgumentParser) -> None:
         help="per-file runs: do not write each face's mask file (saves ~0.2 MB per face)",
     )
     g.add_argument("--coordinator", metavar="HOST:PORT", help="multi-process: process 0's address")
-    g.add_argument("--num-processes", type=int, metavar="N", help="multi-process: job size")
-    g.add_argument("--process-id", type=int, metavar="I", help="multi-process: this one, 0..N-1")
+    g.add_argument(
+        "--num-processes", type=_number(int, 1), metavar="N", help="multi-process: job size"
+    )
+    g.add_argument(
+        "--process-id", type=_number(int, 0), metavar="I", help="multi-process: this one, 0..N-1"
+    )
 
 
 def _add_cache_args(p: argparse.ArgumentParser) -> None:
@@ -944,7 +1107,9 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
         type=str.upper,
         help="output format (default: same as each input)",
     )
-    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
+    p.add_argument(
+        "--quality", type=_number(int, 1, 100), default=95, help="JPEG/WebP quality (default 95)"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -1004,11 +1169,24 @@ def run_eval(
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate.robustness import TRANSFORMS
+
     transforms = (
         None
         if args.transforms is None
         else [t.strip() for t in args.transforms.split(",") if t.strip()]
     )
+    unknown = sorted(set(transforms or []) - set(TRANSFORMS))
+    if unknown:
+        raise SystemExit(
+            f"error: --transforms: unknown {', '.join(unknown)}; known: {', '.join(TRANSFORMS)}"
+        )
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"error: -o {out}: exists and is not a folder")
+    for name, folder in (("--clean", args.clean), ("--protected", args.protected)):
+        if not Path(folder).is_dir():
+            raise SystemExit(f"error: {name} {folder}: not a folder")
     report = run_eval(
         Path(args.clean),
         Path(args.protected),
@@ -1090,7 +1268,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_imp.add_argument("--variant", help="architecture variant (e.g. r50, irse50, vggface2)")
     p_imp.add_argument("--name", help="registry name to store it under (default: from --arch)")
     p_imp.add_argument(
-        "--threshold", type=float, help="a same-person cosine threshold you calibrated"
+        "--threshold",
+        type=_number(float, -1, 1),
+        help="a same-person cosine threshold you calibrated",
     )
     p_imp.add_argument("--force", action="store_true", help="replace an earlier import")
     p_imp.set_defaults(func=_cmd_models_import)
@@ -1167,7 +1347,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="M[,M2...]",
         help="surrogate recogniser or ensemble (default sface)",
     )
-    p_mfit.add_argument("--seed", type=int, default=0, help="PRNG seed (recorded)")
+    p_mfit.add_argument(
+        "--seed", type=_number(int, 0, 2**32 - 1), default=0, help="PRNG seed (recorded)"
+    )
     p_mfit.add_argument("--no-resume", action="store_true", help="start over in RUN_DIR")
     _add_output_args(p_mfit)
     _add_cache_args(p_mfit)
@@ -1210,7 +1392,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--faces", type=_faces_policy, default="largest", help="largest (default), all, or an index"
     )
     p_apply.add_argument("--no-face", type=_no_face_policy, default="skip", metavar="POLICY")
-    p_apply.add_argument("--min-face", type=float, default=20)
+    p_apply.add_argument("--min-face", type=_number(float, 0), default=20)
+    p_apply.add_argument(
+        "--rotations",
+        choices=["auto", "off", "all"],
+        default="auto",
+        help="look for faces in the photo turned by 90/180/270 degrees: auto (when none is "
+        "found upright, default), all, off",
+    )
     _add_output_args(p_apply)
     p_apply.set_defaults(func=_cmd_mask_apply)
     p_mask.set_defaults(func=lambda a: (p_mask.print_help(), 2)[1])
@@ -1251,7 +1440,12 @@ def build_parser() -> argparse.ArgumentParser:
         "rate over all impostor pairs is at most --far.",
     )
     p_cal.add_argument("folder")
-    p_cal.add_argument("--far", type=float, default=1e-2, help="false-accept rate (default 0.01)")
+    p_cal.add_argument(
+        "--far",
+        type=_number(float, 0, 1, open_lo=True),
+        default=1e-2,
+        help="false-accept rate (default 0.01)",
+    )
     p_cal.add_argument("--model", default="sface")
     p_cal.set_defaults(func=_cmd_calibrate)
     return parser
@@ -1267,7 +1461,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args._cache_dir = enable_compile_cache(_compile_cache_dir(args))
     args._compiles = CompileCounter()
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except OSError as e:
+        # The machine, not the photo: disk full, a folder gone read-only, a lost mount. Each
+        # photo finished before it keeps its output and manifest line; a rerun resumes.
+        where = f"{e.filename}: " if e.filename else ""
+        print(
+            f"error: {where}{e.strerror or e}; nothing already written was lost, and a rerun "
+            "resumes where this one stopped",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -89,7 +89,9 @@ def load_mask(path: str | os.PathLike) -> PersonalMask:
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, UnicodeDecodeError) as e:
         raise MaskFileError(f"{p}: not a jaxcloak mask or corrupt ({type(e).__name__}: {e})") from e
-    if not isinstance(meta, dict) or meta.get("format") != MASK_FORMAT:
+    if not isinstance(meta, dict):
+        raise MaskFileError(f"{p}: not a jaxcloak mask (metadata is a {type(meta).__name__})")
+    if meta.get("format") != MASK_FORMAT:
         raise MaskFileError(f"{p}: not a jaxcloak mask (format {meta.get('format')!r})")
     if meta.get("version") != MASK_VERSION:
         raise MaskFileError(
@@ -100,4 +102,36 @@ def load_mask(path: str | os.PathLike) -> PersonalMask:
         raise MaskFileError(f"{p}: bad mask array {delta.dtype} {delta.shape}")
     if delta.shape[2] != 3 or not np.all(np.isfinite(delta)):
         raise MaskFileError(f"{p}: bad mask array (shape {delta.shape} or non-finite values)")
+    bound = _stated_bound(p, meta)
+    worst = float(np.abs(delta).max(initial=0.0))
+    if worst > bound + 1e-3:
+        raise MaskFileError(
+            f"{p}: mask changes pixels by up to {worst:.1f} grey levels, more than the "
+            f"{bound:.1f} its settings allow (eps {meta['eps'] * 255:.1f}/255); the file was "
+            "altered or is corrupt"
+        )
+    for k, v in traces.items():
+        if v.ndim != 1:
+            raise MaskFileError(f"{p}: bad trace {k!r} of shape {v.shape}")
     return PersonalMask(delta, meta, traces)
+
+
+def _stated_bound(p: Path, meta: dict[str, Any]) -> float:
+    """The largest |delta| (grey levels) the mask's own recorded settings allow."""
+    from .attacks.facecloak import CloakConfig
+
+    eps = meta.get("eps")
+    if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 < eps <= 1:
+        raise MaskFileError(f"{p}: bad mask metadata: eps {eps!r} is not a number in (0, 1]")
+    cfg = meta.get("config")
+    if cfg is None:  # a mask written by hand or by an outside tool: eps is the whole budget
+        return 255.0 * float(eps)
+    try:
+        if not isinstance(cfg, dict):
+            raise TypeError(f"a {type(cfg).__name__}")
+        config = CloakConfig.from_dict(cfg)
+    except (TypeError, ValueError) as e:
+        raise MaskFileError(f"{p}: bad mask metadata: config is not valid ({e})") from None
+    if abs(config.eps - eps) > 1e-9:
+        raise MaskFileError(f"{p}: bad mask metadata: eps {eps} but config eps {config.eps}")
+    return config.max_levels()

@@ -21,6 +21,7 @@ run's settings, masks and timing) is written atomically at the end.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import queue
@@ -43,11 +44,20 @@ from .batch import (
     _face_report,
     _slug,
     _up_to_date,
-    output_name,
+    change_report,
+    claim_outputs,
+    plan_outputs,
 )
 from .faces.chain import paste_realign_taps
-from .faces.photo import FacePolicy, NoFaceError, NoFacePolicy, Photo, prepare_photo
-from .io.atomic import atomic_write_json
+from .faces.photo import (
+    FacePolicy,
+    NoFaceError,
+    NoFacePolicy,
+    Photo,
+    RotationPolicy,
+    prepare_photo,
+)
+from .io.atomic import atomic_write_json, temp_prefix
 from .io.images import ImageReadError, read_image, write_image
 from .masks import save_mask
 from .protect import Cloaker, apply_mask
@@ -160,6 +170,7 @@ def protect_stream(
     faces: FacePolicy = "all",
     no_face: NoFacePolicy = "skip",
     min_face: float = 20,
+    rotations: RotationPolicy = "auto",
     fmt: str | None = None,
     quality: int = 95,
     resume: bool = True,
@@ -178,7 +189,7 @@ def protect_stream(
         bucket every device step is filled to.
       root: folder the outputs' relative paths are taken from (the common root of the whole
         job, so processes that share a job agree on it).
-      faces, no_face, min_face: face policies (:func:`jaxcloak.faces.prepare_photo`).
+      faces, no_face, min_face, rotations: face policies (:func:`jaxcloak.faces.prepare_photo`).
       fmt, quality: output format (None: as the input) and JPEG/WebP quality.
       resume: skip photos the manifest lists as done whose input and output still match.
       save_masks: also write each face's mask (and trace) to ``outdir/masks``.
@@ -196,6 +207,8 @@ def protect_stream(
     if outside:
         raise ValueError(f"{outside[0]} is not inside the job's root folder {root}")
     outdir.mkdir(parents=True, exist_ok=True)
+    plan = plan_outputs(files, root, outdir, fmt)
+    claim_outputs(outdir, plan.values())
     if save_masks:
         (outdir / "masks").mkdir(exist_ok=True)
     run = cloaker.describe()
@@ -220,14 +233,14 @@ def protect_stream(
 
     def load(arg: tuple[int, Path]) -> _Item:
         i, f = arg
-        item = _Item(i, f, outdir / output_name(f.resolve().relative_to(root), fmt))
+        item = _Item(i, f, plan[f])
         prev = log.previous.get(str(f))
         if prev and _up_to_date(prev, f, item.out):
             item.record = PhotoRecord(**{**prev, "status": "up-to-date"})
             return item
         try:
             item.photo = prepare_photo(
-                read_image(f), faces=faces, no_face=no_face, min_face=min_face
+                read_image(f), faces=faces, no_face=no_face, min_face=min_face, rotations=rotations
             )
             item.anchors = [cloaker.anchors_for(face.crop) for face in item.photo.faces]
         except (ImageReadError, NoFaceError) as e:
@@ -252,6 +265,7 @@ def protect_stream(
             )
             written = read_image(item.out)
             rows = _face_report(cloaker, photo, written.rgb, names)
+            linf, over = change_report(cloaker, photo, written.rgb)
             if save_masks:
                 for j, name in enumerate(names):
                     res = item.masks[j]
@@ -267,7 +281,8 @@ def protect_stream(
                 str(item.out),
                 written.sha256,
                 rows,
-                list(photo.notes),
+                list(photo.notes) + over,
+                linf=linf,
             )
         except Exception as e:  # one bad photo must not stop the batch
             sha = photo.image.sha256 if photo else None
@@ -385,7 +400,7 @@ class _Failed:
 
 def _remove_stale_temps(target: Path) -> None:
     """Drop temp files a killed run left for ``target`` (only this process writes it)."""
-    for tmp in target.parent.glob(f".{target.name}.*.tmp"):
+    for tmp in target.parent.glob(f"{glob.escape(temp_prefix(target))}*.tmp"):
         tmp.unlink(missing_ok=True)
 
 

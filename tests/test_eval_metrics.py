@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import json
 
 import numpy as np
 import pytest
@@ -358,3 +359,34 @@ def test_norms_and_mse_in_grey_levels() -> None:
     assert psnr(a, a) == np.inf
     with pytest.raises(ValueError, match="shape"):
         linf(a, b[:1])
+
+
+def test_pair_files_never_guesses_between_same_stem_photos(tmp_path):
+    from jaxcloak.evaluate.run import pair_files
+
+    clean, prot = tmp_path / "clean", tmp_path / "prot"
+    for d, names in (
+        (clean, ["a.jpg", "a.png", "b.jpg", "c/d.jpg", "lone.jpg"]),
+        (prot, ["a.jpg", "a.png", "b.png", "c/d.jpg", "masks/x.png"]),
+    ):
+        for n in names:
+            (d / n).parent.mkdir(parents=True, exist_ok=True)
+            (d / n).write_bytes(b"x")
+    pairs, problems = pair_files(clean, prot)
+    got = {str(c.relative_to(clean)): str(p.relative_to(prot)) for c, p in pairs}
+    assert got == {"a.jpg": "a.jpg", "a.png": "a.png", "b.jpg": "b.png", "c/d.jpg": "c/d.jpg"}
+    assert len(problems) == 1 and "lone.jpg: no protected counterpart" in problems[0]
+    # Only one protected 'a' left: which clean photo it came from cannot be told by name.
+    (prot / "a.jpg").unlink()
+    pairs, problems = pair_files(clean, prot)
+    assert any("a.jpg: ambiguous name" in p for p in problems)
+    assert (clean / "a.png", prot / "a.png") in pairs  # the same path is no guess
+    assert all(c.name != "a.jpg" for c, _ in pairs)
+    # The manifest says which input became which output, whatever the names.
+    (prot / "manifest.json").write_text(
+        json.dumps({"photos": [{"input": str(clean / "a.jpg"), "output": str(prot / "a.png")}]})
+    )
+    pairs, problems = pair_files(clean, prot)
+    assert (clean / "a.jpg", prot / "a.png") in pairs
+    assert all(c.name != "a.png" for c, _ in pairs)  # its namesake output is taken
+    assert any("a.png: ambiguous name" in p for p in problems)

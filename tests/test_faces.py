@@ -11,6 +11,7 @@ Independent references, each used only when installed (tests skip with the reaso
 from __future__ import annotations
 
 import importlib.util
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -142,6 +143,20 @@ def test_large_photo_is_downscaled_and_mapped_back(astronaut):
 def test_detector_is_cached_per_size():
     assert _detector(512, 512, 0.6) is _detector(512, 512, 0.6)
     assert _detector(512, 512, 0.6) is not _detector(640, 480, 0.6)
+
+
+def test_detection_is_thread_safe_on_same_size_photos(astronaut):
+    # Same-size photos are the norm; one shared detector object corrupted concurrent calls.
+    photos = []
+    for i in range(16):
+        y, x = 8 * (i % 4), 8 * (i // 4)
+        img = astronaut[y : y + 256, 100 + x : 356 + x]
+        photos.append(np.ascontiguousarray(img[:, ::-1] if i % 2 else img))
+    want = [[f.box for f in detect_faces(p)] for p in photos]
+    with ThreadPoolExecutor(4) as ex:
+        for _ in range(5):
+            got = list(ex.map(lambda p: [f.box for f in detect_faces(p)], photos))
+            assert got == want
 
 
 def test_rejects_non_uint8_rgb(astronaut):

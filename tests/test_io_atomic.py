@@ -220,3 +220,12 @@ def test_json_errors_leave_the_file_alone(tmp_path: Path) -> None:
         atomic_write_json(target, {"nan": float("nan")})  # not valid JSON for other readers
     assert json.loads(target.read_text()) == {"ok": 1}
     assert _names(tmp_path) == ["m.json"]
+
+
+def test_a_name_near_the_length_limit_can_still_be_written_atomically(tmp_path):
+    from jaxcloak.io.atomic import atomic_write
+
+    target = tmp_path / ("n" * 250 + ".png")  # 254 bytes: the old temp name was over 255
+    atomic_write(target, b"ok")
+    assert target.read_bytes() == b"ok"
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]  # no temp file left

@@ -254,6 +254,15 @@ def test_grey_modes(
         assert img.rgb[0, :, c].tolist() == expected
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF", "GIF"])
+def test_multi_frame_images_are_refused_not_cut_to_one_frame(tmp_path: Path, fmt: str) -> None:
+    frames = [Image.fromarray(np.full((16, 16, 3), v, np.uint8)) for v in (10, 200)]
+    path = tmp_path / f"anim.{fmt.lower()}"
+    frames[0].save(path, format=fmt, save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageReadError, match=r"anim\..*: has 2 frames"):
+        read_image(path)
+
+
 def test_grey_alpha(tmp_path: Path) -> None:
     la = np.array([[[10, 0], [20, 128], [30, 255]]], np.uint8)
     path = tmp_path / "la.png"
@@ -288,7 +297,10 @@ def test_rgba_alpha_kept_and_restored(corpus: Path, astronaut: np.ndarray, tmp_p
     with Image.open(webp) as back:
         assert back.mode == "RGBA"
 
-    jpg = write_image(tmp_path / "out.jpg", img.rgb, like=img)  # JPEG has no alpha: dropped
+    with pytest.raises(ImageWriteError, match="transparency, which JPEG cannot keep"):
+        write_image(tmp_path / "out.jpg", img.rgb, like=img)  # JPEG has no alpha
+    assert not (tmp_path / "out.jpg").exists()
+    jpg = write_image(tmp_path / "out.jpg", img.rgb, like=img, drop_alpha=True)
     with Image.open(jpg) as back:
         assert back.mode == "RGB"
 

@@ -109,3 +109,77 @@ def test_stack_scatter_and_paste_round_trip(astronaut, t1):
         photos[1].paste(zeros[:5])
     with pytest.raises(NoFaceError):
         stack_crops([])
+
+
+def _sideways_portrait():
+    """A package-built photo whose face YuNet misses once the photo is turned on its side."""
+    from jaxcloak.faces import detect_faces
+    from jaxcloak.samples import synthetic_photos
+
+    for _, rgb in synthetic_photos(40, seed=1, size=(200, 260), sources=("astronaut",)):
+        turned = np.ascontiguousarray(np.rot90(rgb, 1))
+        if detect_faces(rgb).faces and not detect_faces(turned).faces:
+            return rgb, turned
+    pytest.skip("no synthetic photo that YuNet misses sideways")
+
+
+def test_sideways_portrait_is_found_and_aligned_as_upright(tmp_path):
+    upright, turned = _sideways_portrait()
+    path = _save(tmp_path / "sideways.png", turned)
+    with pytest.raises(NoFaceError):
+        prepare_photo(read_image(path), rotations="off")
+    photo = prepare_photo(read_image(path))  # rotations="auto"
+    ref = prepare_photo(read_image(_save(tmp_path / "up.png", upright))).faces[0]
+    face = photo.faces[0]
+    assert face.origin == "detected-rot270" and "turned 270 degrees" in photo.notes[-1]
+    # The crop is the upright face: the turn is folded into the alignment.
+    diff = np.abs(face.crop.astype(float) - ref.crop.astype(float)).mean()
+    assert diff < 6, diff
+    # Its landmarks are in the stored photo's coordinates (inside the turned image).
+    h, w = turned.shape[:2]
+    assert np.all((face.landmarks >= 0) & (face.landmarks < [w, h]))
+
+
+def test_rotations_all_prefers_the_orientation_yunet_is_surest_of(astronaut, tmp_path):
+    upright = prepare_photo(astronaut).faces[0]
+    for k in (1, 2, 3):
+        turned = read_image(_save(tmp_path / f"turned{k}.png", np.rot90(astronaut.rgb, k)))
+        # YuNet fires on the turned face too, with landmarks in image order ...
+        plain = prepare_photo(turned, rotations="off").faces[0]
+        assert np.abs(plain.crop.astype(float) - upright.crop.astype(float)).mean() > 30
+        # ... "all" looks at every orientation and keeps the most confident.
+        best = prepare_photo(turned, rotations="all").faces[0]
+        assert best.origin == f"detected-rot{90 * ((4 - k) % 4)}"
+        assert np.abs(best.crop.astype(float) - upright.crop.astype(float)).mean() < 1
+
+
+def test_a_user_box_outside_the_photo_is_not_protected(blank):
+    with pytest.raises(NoFaceError, match="lies mostly outside"):
+        prepare_photo(blank, no_face=(5000, 5000, 100, 100))
+    photo = prepare_photo(blank, no_face=(10, 10, 50, 50))
+    assert photo.faces[0].origin == "user-box"
+
+
+def test_folder_scan_names_what_it_skips(tmp_path):
+    import os
+
+    from jaxcloak.batch import collect_inputs
+
+    _save(tmp_path / "a.png", np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "b.gif").write_bytes(b"GIF89a")
+    (tmp_path / "c.heic").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("not a photo, not named")
+    os.symlink(tmp_path / "gone.jpg", tmp_path / "link.jpg")
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / ".hidden").mkdir()
+    _save(tmp_path / ".hidden" / "h.png", np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "out").mkdir()
+    _save(tmp_path / "out" / "o.png", np.zeros((8, 8, 3), np.uint8))
+    files, errors = collect_inputs([tmp_path], exclude=tmp_path / "out")
+    assert [f.name for f in files] == ["a.png"]
+    reasons = {p.name: msg for p, msg in errors}
+    assert ".gif photos are not supported" in reasons["b.gif"]
+    assert ".heic photos are not supported" in reasons["c.heic"]
+    assert "broken symbolic link" in reasons["link.jpg"]
+    assert "not a regular file" in reasons["pipe.png"]
+    assert set(reasons) == {"b.gif", "c.heic", "link.jpg", "pipe.png"}

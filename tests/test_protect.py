@@ -147,7 +147,9 @@ def test_mask_generalises_to_other_images_of_the_face(protected_astronaut, tmp_p
 
 
 def test_mask_files_fail_clearly(tmp_path):
-    good = save_mask(tmp_path / "a.mask", np.ones((112, 112, 3), np.float32), {"seed": 1})
+    good = save_mask(
+        tmp_path / "a.mask", np.ones((112, 112, 3), np.float32), {"seed": 1, "eps": 8 / 255}
+    )
     assert load_mask(good).meta["seed"] == 1
     raw = np.load(good)
     meta = json.loads(bytes(raw["meta"]).decode())
@@ -167,6 +169,40 @@ def test_mask_files_fail_clearly(tmp_path):
     with pytest.raises(FileExistsError):
         save_mask(good, np.ones((112, 112, 3), np.float32), {})
     assert main(["mask", "apply", str(tmp_path / "junk.mask"), str(good), "-o", str(tmp_path)]) == 1
+
+
+@pytest.mark.parametrize(
+    "delta, meta, match",
+    [
+        (120.0, {"eps": 8 / 255}, "up to 120.0 grey levels, more than the 8.0"),
+        (1e30, {"eps": 8 / 255}, "more than the 8.0"),
+        (15.5, {"eps": 16 / 255, "config": get_config().to_dict()}, None),  # within 16
+        (20.0, {"eps": 8 / 255, "config": get_config().to_dict()}, "eps 0.0313.* but config"),
+        (1.0, {"eps": "8"}, "eps '8' is not a number"),
+        (1.0, {}, "eps None is not a number"),
+        (1.0, {"eps": 8 / 255, "config": ["fixed"]}, "config is not valid"),
+        (1.0, {"eps": 8 / 255, "config": {"bogus_field": 1}}, "config is not valid"),
+    ],
+)
+def test_mask_delta_must_keep_its_stated_budget(tmp_path, delta, meta, match):
+    meta = {"format": "jaxcloak-mask", "version": 1, **meta}
+    blob = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    arr = np.full((112, 112, 3), delta, np.float32)
+    arr[0, 0, 0] = -delta
+    np.savez(tmp_path / "m.npz", delta=arr, meta=blob)
+    if match is None:
+        assert load_mask(tmp_path / "m.npz").delta.max() == delta
+    else:
+        with pytest.raises(MaskFileError, match=r"m\.npz: .*" + match):
+            load_mask(tmp_path / "m.npz")
+
+
+@pytest.mark.parametrize("meta", [[1, 2], "a string", 3])
+def test_mask_metadata_that_is_not_an_object_is_a_clear_error(tmp_path, meta):
+    blob = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(tmp_path / "m.npz", delta=np.zeros((112, 112, 3), np.float32), meta=blob)
+    with pytest.raises(MaskFileError, match="metadata is a"):
+        load_mask(tmp_path / "m.npz")
 
 
 def _cheap(rec, seed=0, embed=None):
@@ -439,3 +475,203 @@ def test_stream_keeps_going_past_bad_files_and_logs_each_photo(astronaut_file, t
     assert 0 < final["seconds"]["device_busy"] <= final["seconds"]["total"]
     again = protect_stream(files, out, cheap, root=root)
     assert [r.status for r in again.records] == ["failed", "up-to-date", "no-face"]
+
+
+def test_stream_with_many_threads_equals_one_thread(tmp_path, rec):
+    # Same-size photos through 4 readers and 4 writers: detection used to share one OpenCV
+    # object between threads, which failed photos and shifted boxes at random.
+    from jaxcloak.samples import synthetic_photos
+    from jaxcloak.stream import protect_stream
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, rgb in synthetic_photos(16, seed=5, size=(200, 240), sources=("astronaut",)):
+        Image.fromarray(rgb).save(src / f"{name}.png")
+    files = sorted(src.glob("*.png"))
+
+    def run(out: str, threads: int):
+        summary = protect_stream(
+            files,
+            tmp_path / out,
+            cheap,
+            root=src,
+            readers=threads,
+            writers=threads,
+            save_masks=False,
+        )
+        assert not summary.failed, summary.failed
+        return {
+            Path(r.input).name: ([f["box"] for f in r.faces], _sha(Path(r.output)))
+            for r in summary.records
+        }
+
+    one = run("one", 1)
+    assert len(one) == 16
+    for i in range(2):
+        assert run(f"many{i}", 4) == one
+
+
+CHEAP_FLAGS = ["--steps", "1", "--views", "1", "--allow-unprotected"]
+
+
+def test_outputs_never_collide_or_replace_other_files(astronaut_file, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    rgb = skimage.data.astronaut()
+    Image.fromarray(rgb).save(src / "x.jpg")
+    Image.fromarray(rgb).save(src / "x.png")
+    before = {p.name: _sha(p) for p in src.iterdir()}
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=r"x\.jpg and .*x\.png would both be written to"):
+        main(["protect", str(src), "-o", str(out), "--format", "PNG", *CHEAP_FLAGS])
+    assert not out.exists()  # refused before anything was written
+    with pytest.raises(SystemExit, match="is the input folder"):
+        main(["protect", str(src), "-o", str(src), *CHEAP_FLAGS])
+    out.mkdir()
+    (out / "x.png").write_bytes(b"somebody else's file")
+    for mode in ("single", "per-file"):
+        with pytest.raises(SystemExit, match=r"already holds x\.png, not written by jaxcloak"):
+            main(["protect", str(src), "-o", str(out), "--identity", mode, *CHEAP_FLAGS])
+    assert (out / "x.png").read_bytes() == b"somebody else's file"
+    assert not (out / "manifest.json").exists()
+    assert {p.name: _sha(p) for p in src.iterdir()} == before
+
+
+def test_output_folder_inside_the_input_folder_is_not_scanned(astronaut_file, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(skimage.data.astronaut()).save(src / "a.png")
+    out = src / "protected"
+    args = ["protect", str(src), "-o", str(out), *CHEAP_FLAGS]
+    assert main(args) == 0
+    assert main(args) == 0  # the rerun finds a.png up to date and never sees protected/a.png
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [Path(p["input"]).name for p in manifest["photos"]] == ["a.png"]
+    assert manifest["photos"][0]["status"] == "up-to-date"
+    assert not (out / "protected").exists()
+
+
+def test_mask_apply_keeps_same_named_photos_apart(tmp_path):
+    delta = np.full((112, 112, 3), 3.0, np.float32)
+    mask = save_mask(tmp_path / "p.mask", delta, {"eps": 8 / 255})
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        Image.fromarray(skimage.data.astronaut()).save(tmp_path / sub / "same.png")
+    out = tmp_path / "out"
+    photos = [str(tmp_path / "a" / "same.png"), str(tmp_path / "b" / "same.png")]
+    assert main(["mask", "apply", str(mask), *photos, "-o", str(out)]) == 0
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == [
+        "a/same.png",
+        "b/same.png",
+    ]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--batch", "0"], "--batch: 0 is out of range [1, 4096]"),
+        (["--readers", "0"], "--readers: 0 is out of range [1, 64]"),
+        (["--steps", "0"], "--steps: 0 is out of range [1, 10000]"),
+        (["--eps", "300"], "--eps: 300 is out of range (0, 255]"),
+        (["--eps", "nan"], "--eps: expected a finite number"),
+        (["--min-face", "-5"], "--min-face: -5 is out of range [0, ]"),
+        (["--quality", "101"], "--quality: 101 is out of range [1, 100]"),
+        (["--no-face", "0,0,0,0"], "W, H at least 16 pixels"),
+        (["--no-face=-10,5,50,50"], "X and Y must be >= 0"),
+        (["--seed", "-1"], "--seed: -1 is out of range"),
+    ],
+)
+def test_flag_ranges_are_checked_before_any_work(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["protect", str(tmp_path), "-o", str(tmp_path / "out"), *flags])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_disk_full_fails_cleanly_and_keeps_finished_work(astronaut_file, tmp_path, cheap, capsys):
+    import errno
+
+    import jaxcloak.batch as batch
+
+    def no_space(path, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(batch, "save_mask", no_space)
+        summary = protect_files([astronaut_file], tmp_path / "a", cheap)
+    rec_ = summary.records[0]
+    assert rec_.status == "protected" and not summary.masks
+    assert any("not written (No space left on device)" in n for n in rec_.notes)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(batch, "_write_manifest", no_space)
+        code = main(["protect", str(astronaut_file), "-o", str(tmp_path / "b"), *CHEAP_FLAGS])
+    err = capsys.readouterr().err
+    assert code == 1 and "No space left on device" in err and "Traceback" not in err
+
+
+def test_eval_and_mask_fit_refuse_bad_arguments_before_work(astronaut_file, tmp_path):
+    afile = tmp_path / "a.txt"
+    afile.write_text("x")
+    d = str(astronaut_file.parent)
+    cases = [
+        (["eval", "--clean", d, "--protected", d, "-o", str(afile)], "is not a folder"),
+        (
+            [
+                "eval",
+                "--clean",
+                d,
+                "--protected",
+                d,
+                "-o",
+                str(tmp_path / "r"),
+                "--transforms",
+                "bogus",
+            ],
+            "--transforms: unknown bogus",
+        ),
+        (
+            ["eval", "--clean", str(afile), "--protected", d, "-o", str(tmp_path / "r")],
+            "--clean .*not a folder",
+        ),
+        (["mask", "fit", str(astronaut_file), "-o", str(afile)], "exists; pass --overwrite"),
+        (["mask", "fit", str(afile), "-o", str(tmp_path / "m.mask")], r"a\.txt"),
+        (
+            ["mask", "fit", str(astronaut_file), "-o", str(tmp_path / "no" / "m.mask")],
+            "existing folder",
+        ),
+    ]
+    for argv, match in cases:
+        with pytest.raises(SystemExit, match=match):
+            main(argv)
+    assert not (tmp_path / "r").exists() and not (tmp_path / "m.mask").exists()
+
+
+def test_sideways_portrait_is_protected_in_its_own_orientation(tmp_path, cheap):
+    from test_photo import _sideways_portrait
+
+    _, turned = _sideways_portrait()
+    path = tmp_path / "sideways.png"
+    Image.fromarray(turned).save(path)
+    summary = protect_files([path], tmp_path / "out", cheap)
+    r = summary.records[0]
+    assert r.status == "protected" and r.faces[0]["origin"] == "detected-rot270"
+    out = np.asarray(Image.open(r.output))
+    assert out.shape == turned.shape  # same size and orientation as the input
+    changed = np.any(out != turned, axis=2)
+    assert 0 < changed.mean() < 0.6
+    assert any("turned 270 degrees" in n for n in r.notes)
+
+
+def test_a_destination_without_room_is_refused_up_front(astronaut_file, tmp_path):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+        with pytest.raises(SystemExit, match="MB free, the outputs and masks need about"):
+            main(["protect", str(astronaut_file), "-o", str(tmp_path / "out"), *CHEAP_FLAGS])
+    assert not (tmp_path / "out" / "manifest.json").exists()

@@ -214,3 +214,49 @@ def test_multi_photo_views_use_every_given_photo():
     real = MultiPhotoViews(AugmentViews(n_views=4), photos[1:])
     out = real(jnp.asarray(photos[0]), key=jax.random.key(1))
     assert out.shape == (5, 32, 32, 3) and real.config()["extra_photos"] == 2
+
+
+def _coordinates(size: int = 112) -> jax.Array:
+    """An image whose channels are each pixel's own x and y (and 0), to read warps off."""
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    return jnp.asarray(np.stack([xs, ys, np.zeros_like(xs)], axis=-1))
+
+
+def test_head_turn_moves_the_nose_more_than_the_eyes_and_zero_is_identity():
+    from jaxcloak.augment import head_turn
+    from jaxcloak.faces.align import ARCFACE_TEMPLATE
+
+    img = _coordinates()
+    np.testing.assert_allclose(head_turn(img, 0.0, 0.0), img, atol=1e-4)
+    turned = np.asarray(head_turn(img, np.deg2rad(20.0), 0.0))
+    (rx, ry), (lx, ly), (nx, ny) = np.round(ARCFACE_TEMPLATE[:3]).astype(int)
+    # Source x read at each template point, minus the point's own x: how far it moved.
+    eye_shift = np.mean([turned[ry, rx, 0] - rx, turned[ly, lx, 0] - lx])
+    nose_shift = turned[ny, nx, 0] - nx
+    assert abs(nose_shift - eye_shift) > 2.0  # depth: the nose moves against the eye line
+    # Re-alignment keeps the landmarks near the template (a similarity refit, not a drift).
+    assert abs(eye_shift) < 4.0
+    # Pitch moves vertically only at the centre column.
+    tilted = np.asarray(head_turn(img, 0.0, np.deg2rad(10.0)))
+    assert (
+        np.abs(tilted[:, 56, 0] - 56).max() < 1.0 and np.abs(tilted[..., 1] - img[..., 1]).max() > 1
+    )
+
+
+def test_smooth_warp_moves_no_pixel_further_than_its_amplitude():
+    from jaxcloak.augment import smooth_warp
+
+    img = _coordinates()
+    out = np.asarray(smooth_warp(img, jax.random.key(3), 2.0))
+    moved = np.abs(out[..., :2] - np.asarray(img)[..., :2])
+    assert moved.max() <= 2.0 + 1e-4 and moved.max() > 0.5
+    np.testing.assert_allclose(smooth_warp(img, jax.random.key(3), 0.0), img, atol=1e-5)
+
+
+def test_pose_views_are_valid_views_with_the_face_last():
+    from jaxcloak.attacks.views import make_view_generator
+
+    face = jax.random.uniform(jax.random.key(0), (112, 112, 3))
+    v = make_view_generator("augment", n_views=3, strength="pose")(face, key=jax.random.key(1))
+    assert v.shape == (4, 112, 112, 3) and float(v.min()) >= 0 and float(v.max()) <= 1
+    np.testing.assert_array_equal(v[-1], face)

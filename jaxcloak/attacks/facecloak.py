@@ -160,6 +160,24 @@ class CloakConfig:
                 f"ti_sigma must be >= 0 and lowfreq >= 1, got {self.ti_sigma}, {self.lowfreq}"
             )
 
+    def max_levels(self) -> float:
+        """Largest |mask| in grey levels these settings can produce (an upper bound): the
+        L-inf budget, doubled where the perceptual map spends more, plus the key regions'."""
+        regions = self.stickers or self.highpass
+        if self.mode == "faithful":
+            return 255.0 * self.eps + (255.0 * obj.STICKER_MAX + 1.0 if regions else 0.0)
+        return 255.0 * (
+            self.eps * (2.0 if self.perceptual else 1.0) + (self.region_eps if regions else 0.0)
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CloakConfig:
+        """Inverse of :meth:`to_dict`; raises ``TypeError``/``ValueError`` on bad fields."""
+        d = dict(d)
+        if "eot" in d:
+            d["eot"] = tuple(d["eot"])
+        return cls(**d)
+
     @property
     def to_ref(self) -> float:
         """Reference units per applied pixel unit (1 for mask scale 255, 2 for 127.5)."""

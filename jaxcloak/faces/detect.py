@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import functools
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,11 +59,31 @@ class DetectionResult:
         return self.faces[i]
 
 
-@functools.lru_cache(maxsize=8)
+_LOCAL = threading.local()
+_PER_THREAD = 8  # detectors kept per thread (one per recent input size and threshold)
+
+
 def _detector(width: int, height: int, score_threshold: float):
-    """A YuNet detector for one input size; building one reloads the ONNX file."""
-    cv2 = _quiet_cv2()
-    return cv2.FaceDetectorYN.create(str(_YUNET()), "", (width, height), score_threshold)
+    """This thread's YuNet detector for one input size; building one reloads the ONNX file.
+
+    A ``cv2.FaceDetectorYN`` holds its network's buffers, so two threads detecting through one
+    object corrupt each other's results (wrong boxes, or OpenCV assertion errors). Each thread
+    therefore keeps its own small LRU of detectors.
+    """
+    cache: OrderedDict = getattr(_LOCAL, "detectors", None)
+    if cache is None:
+        cache = _LOCAL.detectors = OrderedDict()
+    key = (width, height, score_threshold)
+    det = cache.get(key)
+    if det is None:
+        cv2 = _quiet_cv2()
+        det = cv2.FaceDetectorYN.create(str(_YUNET()), "", (width, height), score_threshold)
+        cache[key] = det
+        while len(cache) > _PER_THREAD:
+            cache.popitem(last=False)
+    else:
+        cache.move_to_end(key)
+    return det
 
 
 def detect_faces(
@@ -84,8 +105,8 @@ def detect_faces(
         Faces much smaller than ~10 px in the downscaled copy are then missed.
 
     Returns:
-      A :class:`DetectionResult`; detectors are cached per input size, so repeated calls on
-      same-sized photos are cheap. The cached detectors are not thread-safe.
+      A :class:`DetectionResult`; detectors are cached per thread and input size, so repeated
+      calls on same-sized photos are cheap and calls from several threads are safe.
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")

@@ -20,6 +20,15 @@ from .paste import paste_back
 
 FacePolicy = Literal["largest", "all"] | int
 NoFacePolicy = Literal["skip", "whole-image"] | tuple[float, float, float, float]
+#: When to look for faces in the photo turned by 90, 180 and 270 degrees: "auto" only when the
+#: photo as stored shows none (a sideways portrait with no EXIF orientation), "all" always
+#: (faces at several orientations in one photo), "off" never.
+RotationPolicy = Literal["auto", "off", "all"]
+
+#: Longest side (a third of the photo's, within these bounds) the turned copies are probed
+#: at: a face that fills a portrait is large, and three small probes keep a photo without any
+#: face well under two full detections.
+_TURN_SEARCH_SIDE = (160, 256)
 
 
 class NoFaceError(ValueError):
@@ -97,6 +106,70 @@ def box_transform(box: Sequence[float], size: int = 112) -> np.ndarray:
     return np.array([[s, 0.0, size / 2 - s * cx], [0.0, s, size / 2 - s * cy]], np.float64)
 
 
+def _turned_to_original(pts: np.ndarray, k: int, h: int, w: int) -> np.ndarray:
+    """(N, 2) points of ``np.rot90(photo, k)`` in the (h, w) photo's own coordinates."""
+    x, y = pts[:, 0], pts[:, 1]
+    if k == 1:
+        return np.stack([w - 1 - y, x], axis=1)
+    if k == 2:
+        return np.stack([w - 1 - x, h - 1 - y], axis=1)
+    return np.stack([y, h - 1 - x], axis=1)
+
+
+def _probe_turns(rgb: np.ndarray, threshold: float) -> list[tuple[float, int]]:
+    """``(best face score, k)`` for the photo turned by k = 1, 2, 3 quarter turns, detected on
+    one small copy (made once, so a large photo is not turned and resized three times)."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    # A multiple of 32: YuNet pads its input to one, so 171 px costs as much as 192.
+    side = 32 * int(np.clip(max(h, w) / 3, *_TURN_SEARCH_SIDE) // 32)
+    scale = min(1.0, side / max(h, w))
+    small = rgb
+    if scale < 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    out = []
+    for k in (1, 2, 3):
+        res = detect_faces(
+            np.ascontiguousarray(np.rot90(small, k)), score_threshold=threshold, min_face=0
+        )
+        out.append((max((f.score for f in res.faces), default=0.0), k))
+    return out
+
+
+def _detect_turned(rgb: np.ndarray, k: int, threshold: float, min_face: float) -> list[Face]:
+    """Usable faces of the photo turned by ``k`` quarter turns, in the photo's coordinates."""
+    turned = np.ascontiguousarray(np.rot90(rgb, k))
+    res = detect_faces(turned, score_threshold=threshold, min_face=min_face)
+    h, w = rgb.shape[:2]
+
+    def back(f: Face) -> Face:
+        x, y, bw, bh = f.box
+        corners = np.array([[x, y], [x + bw, y], [x, y + bh], [x + bw, y + bh]], np.float64)
+        c = _turned_to_original(corners, k, h, w)
+        lo, hi = c.min(0), c.max(0)
+        lm = _turned_to_original(np.asarray(f.landmarks), k, h, w)
+        lm.setflags(write=False)
+        box = (float(lo[0]), float(lo[1]), float(hi[0] - lo[0]), float(hi[1] - lo[1]))
+        return Face(box=box, landmarks=lm, score=f.score)
+
+    return [back(f) for f in res.faces]
+
+
+def _overlaps(f: Face, others: Sequence[Face], min_iou: float = 0.3) -> bool:
+    """Whether ``f`` is a face already found at another orientation (box IoU above min_iou)."""
+    ax, ay, aw, ah = f.box
+    for o in others:
+        bx, by, bw, bh = o.box
+        iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+        ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+        union = aw * ah + bw * bh - iw * ih
+        if union > 0 and iw * ih / union > min_iou:
+            return True
+    return False
+
+
 def _fallback_face(rgb: np.ndarray, box: Sequence[float], origin: str, size: int) -> AlignedFace:
     m = box_transform(box, size)
     crop = warp_crop(rgb, m, size)
@@ -115,6 +188,7 @@ def prepare_photo(
     min_face: float = 20,
     score_threshold: float = 0.6,
     size: int = 112,
+    rotations: RotationPolicy = "auto",
 ) -> Photo:
     """Detect, choose and align the faces of one photo.
 
@@ -129,18 +203,52 @@ def prepare_photo(
         ``too_small`` and never protected.
       score_threshold: YuNet confidence threshold.
       size: aligned crop side.
+      rotations: see :data:`RotationPolicy`. A face found in a turned copy is mapped back to
+        the photo's own coordinates (its alignment then includes the turn), so it is protected
+        and pasted back in the photo's original orientation; its ``origin`` says
+        ``detected-rot90`` (180, 270) and a note records it.
 
     Raises:
       NoFaceError: no usable face and ``no_face="skip"``, or the index is out of range.
     """
     rgb = image.rgb
+    if rotations not in ("auto", "off", "all"):
+        raise ValueError(f"rotations must be 'auto', 'off' or 'all', got {rotations!r}")
     found = detect_faces(rgb, score_threshold=score_threshold, min_face=min_face)
+    too_small = list(found.too_small)
+    # (face, quarter turns it was found at); YuNet also fires on a sideways face, with its
+    # landmarks in image order, so at several orientations the most confident one wins.
+    hits = [(f, 0) for f in found.faces]
+    if rotations == "auto" and not hits:
+        # Probe the three turns on small copies; detect at full size only at the turn that
+        # shows the most confident face (YuNet also fires, less surely, on an upside-down one).
+        best, k = max(_probe_turns(rgb, score_threshold))
+        if best > 0:
+            hits = [(f, k) for f in _detect_turned(rgb, k, score_threshold, min_face)]
+    elif rotations == "all":
+        for k in (1, 2, 3):
+            for f in _detect_turned(rgb, k, score_threshold, min_face):
+                same = [i for i, (g, _) in enumerate(hits) if _overlaps(f, [g])]
+                if not same:
+                    hits.append((f, k))
+                elif all(f.score > hits[i][0].score for i in same):
+                    for i in sorted(same, reverse=True):
+                        del hits[i]
+                    hits.append((f, k))
+    hits.sort(key=lambda h: h[0].area, reverse=True)
+    turns = [k for _, k in hits]
     notes = [
         f"face at ({f.box[0]:.0f}, {f.box[1]:.0f}) is {min(f.box[2:]):.0f} px, below the "
         f"{min_face:g} px minimum; not protected"
-        for f in found.too_small
+        for f in too_small
     ]
-    detected = list(found.faces)
+    notes += [
+        f"face {i} found with the photo turned {90 * k} degrees; protected in the photo's own "
+        "orientation"
+        for i, k in enumerate(turns)
+        if k
+    ]
+    detected = [f for f, _ in hits]
     if isinstance(faces, bool) or not (faces in ("all", "largest") or isinstance(faces, int)):
         raise ValueError(f"faces must be 'all', 'largest' or an int index, got {faces!r}")
     if isinstance(faces, int):
@@ -157,7 +265,8 @@ def prepare_photo(
     out = []
     for i, f in chosen:
         crop, m = align_face(rgb, f.landmarks, size)
-        out.append(AlignedFace(crop, m, np.array(f.landmarks), f.box, f.score, "detected", i))
+        origin = f"detected-rot{90 * turns[i]}" if turns[i] else "detected"
+        out.append(AlignedFace(crop, m, np.array(f.landmarks), f.box, f.score, origin, i))
     if not out:
         small = f" ({len(found.too_small)} smaller than {min_face:g} px)" if found.too_small else ""
         if no_face == "skip":
@@ -167,6 +276,14 @@ def prepare_photo(
             out.append(_fallback_face(rgb, (0, 0, w, h), "whole-image", size))
             notes.append(f"no face found{small}; protecting the whole image as one face")
         elif isinstance(no_face, tuple | list) and len(no_face) == 4:
+            x, y, bw, bh = (float(v) for v in no_face)
+            h, w = rgb.shape[:2]
+            inside = max(0.0, min(x + bw, w) - max(x, 0.0)) * max(0.0, min(y + bh, h) - max(y, 0.0))
+            if bw <= 0 or bh <= 0 or inside < 0.5 * bw * bh:
+                raise NoFaceError(
+                    f"{image.path}: no face found, and the box {tuple(no_face)} lies mostly "
+                    f"outside the {w}x{h} photo; nothing protected"
+                )
             out.append(_fallback_face(rgb, no_face, "user-box", size))
             notes.append(f"no face found{small}; using the given box {tuple(no_face)}")
         else:

@@ -10,6 +10,7 @@ removed and the target is left as it was.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import stat
@@ -77,7 +78,7 @@ def atomic_write(
         raise _exists_error(target)
 
     parent = target.parent  # Path("name").parent is Path("."), so bare names work too
-    fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".tmp")
+    fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=temp_prefix(target), suffix=".tmp")
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -153,6 +154,16 @@ def _current_umask() -> int:
     umask = os.umask(0o022)
     os.umask(umask)
     return umask
+
+
+def temp_prefix(target: Path) -> str:
+    """Prefix of ``target``'s temp files: ``.NAME.``, or for a name near the file system's
+    255-byte limit a shortened name with a hash, so the temp name itself is never too long."""
+    name = Path(target).name
+    if len(name.encode()) <= 200:
+        return f".{name}."
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return f".{name.encode()[:60].decode(errors='ignore')}-{digest}."
 
 
 def _move_no_clobber(tmp: Path, target: Path) -> None:

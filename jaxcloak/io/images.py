@@ -145,6 +145,12 @@ def read_image(
             reason = "truncated or corrupt image data"
             raise ImageReadError(f"{p}: {reason} ({type(e).__name__}: {e})") from e
 
+        frames = getattr(img, "n_frames", 1)
+        if frames > 1:
+            raise ImageReadError(
+                f"{p}: has {frames} frames (animation or pages); only single-frame photos are "
+                "protected, so it is left as it is"
+            )
         try:
             return _normalise(img, p, digest)
         except ImageReadError:
@@ -294,6 +300,7 @@ def write_image(
     quality: int = 95,
     alpha: np.ndarray | None = None,
     overwrite: bool = False,
+    drop_alpha: bool = False,
 ) -> Path:
     """Write an RGB uint8 image atomically, keeping the metadata of the image it came from.
 
@@ -307,14 +314,17 @@ def write_image(
             suffix, else ``like.format``.
         quality: JPEG/WEBP quality 1..100; at 90 and above JPEG uses 4:4:4 chroma subsampling
             so the (perturbed) colour detail survives.
-        alpha: ``(H, W)`` uint8 alpha to restore; written for PNG/WEBP/TIFF, dropped for JPEG.
+        alpha: ``(H, W)`` uint8 alpha to restore; written for PNG/WEBP/TIFF.
         overwrite: replace an existing target (never the input image itself).
+        drop_alpha: allow a format without alpha (JPEG) to lose real transparency; by default
+            that is refused (a fully opaque alpha is dropped either way: nothing is lost).
 
     Returns:
         The path written.
 
     Raises:
-        ImageWriteError: the target is the input image ``like.path``.
+        ImageWriteError: the target is the input image ``like.path``, or the format cannot
+            keep the image's transparency and ``drop_alpha`` is False.
         FileExistsError: the target exists and ``overwrite`` is False.
         ValueError: bad array shape/dtype, quality or unknown format.
     """
@@ -329,6 +339,12 @@ def write_image(
     if like is not None and _same_file(target, like.path):
         raise ImageWriteError(f"{target}: refusing to overwrite the input image {like.path}")
 
+    lossy_alpha = alpha_arr is not None and fmt not in _ALPHA_FORMATS and not drop_alpha
+    if lossy_alpha and (alpha_arr < 255).any():
+        raise ImageWriteError(
+            f"{target}: the image has transparency, which {fmt} cannot keep; write it as "
+            "PNG or WEBP (--format PNG)"
+        )
     img = Image.fromarray(arr, "RGB")
     if alpha_arr is not None and fmt in _ALPHA_FORMATS:
         img.putalpha(Image.fromarray(alpha_arr, "L"))
