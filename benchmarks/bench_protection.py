@@ -75,7 +75,7 @@ TRANSFORMS = ("none", "jpeg75", "jpeg50", "down0.5", "blur1")
 def config_for(name: str, strength: str):
     overrides: dict = {}
     for part in name.split("+"):
-        if part.startswith("crowd") or part in VIEW_OPTIONS:
+        if part.startswith("crowd") or part in VIEW_OPTIONS or part == "group":
             continue  # view options, see views_for
         if part not in CONFIGS:
             raise SystemExit(f"unknown config {part!r}; known: {sorted(CONFIGS)}")
@@ -91,7 +91,9 @@ def views_for(name: str, base_views, pool):
     """``crowdK``: K faces of other people from the anchor pool join the views (each pushed
     away from its own clean embedding too), so the mask must move faces in general rather
     than fit one photo's pixels. ``views16``: 16 augmented views instead of ``--views``;
-    ``pose``/``pose16``: views with turns of the head and expression warps."""
+    ``pose``/``pose16``: views with turns of the head and expression warps. (``group``, handled
+    in run_config: every photo of the person feeds the views, and every photo is scored as a
+    per-photo pair, since none is held out.)"""
     views = base_views
     for part in name.split("+"):
         if part in VIEW_OPTIONS:
@@ -183,8 +185,17 @@ def run_config(name, args, people, cloaker_parts, scorer, clean_desc) -> dict:
     mats = [people[p][i].faces[0].transform for p, i in refs]
     ids = [f"{p}/{people[p][i].path.name}" for p, i in refs]
     t0 = time.perf_counter()
+    group = "group" in name.split("+")
     if name == "clean":  # the check that the protocol can fail: no mask, every pair matches
         fits = [dataclasses.replace(_ZERO, delta=np.zeros((112, 112, 3), np.float32))] * len(refs)
+    elif group:  # every photo of the person feeds the views: nothing is held out
+        fits = []
+        for (person, i), face, m, ident in zip(refs, faces, mats, ids, strict=True):
+            others = [ph.faces[0].crop for k, ph in enumerate(people[person]) if k != i]
+            v = MultiPhotoViews(views, np.stack(others).astype(np.float32) / 255.0)
+            c = Cloaker(sface, cfg, v, pool, max_batch=1, seed=args.seed)
+            fits += c.fit(face[None], [ident], [m])
+            cloaker.compile_seconds[len(fits)] = sum(c.compile_seconds.values())
     else:
         fits = cloaker.fit(faces, ids, mats)
     fit_s = time.perf_counter() - t0 - sum(cloaker.compile_seconds.values())
@@ -200,7 +211,7 @@ def run_config(name, args, people, cloaker_parts, scorer, clean_desc) -> dict:
         for j, ph in enumerate(photos):
             rgb = apply_mask(ph, [fit.delta])
             quality.append((psnr(ph.image.rgb, rgb), ssim(ph.image.rgb, rgb)))
-            kind = "per_photo" if j == ref else "universal"
+            kind = "per_photo" if j == ref or group else "universal"
             gallery = [clean_desc[person][k] for k in range(len(photos)) if k != j]
             for t in TRANSFORMS:
                 if t == "none":

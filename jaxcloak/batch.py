@@ -337,6 +337,7 @@ def protect_files(
     quality: int = 95,
     resume: bool = True,
     progress: Callable[[Iterable, str, int], Iterable] | None = None,
+    views_from: str = "reference",
     root: Path | None = None,
     manifest: str = MANIFEST,
 ) -> Summary:
@@ -347,6 +348,9 @@ def protect_files(
     is one person and gets a mask fitted on it; faces in the group's other photos take the mask
     of the reference face they match (surrogate cosine above its threshold), and a face that
     matches none gets a mask of its own. Masks of all identities are fitted in batches.
+    ``views_from="group"`` (needs ``cloaker.max_extra``): the largest face of each other photo
+    of a one-person group that the surrogate matches to the reference joins the views, so
+    the mask is fitted on the person's photos rather than one.
 
     Outputs keep their path relative to ``root`` (default: the inputs' common folder); the
     manifest is written to ``outdir / manifest``.
@@ -411,8 +415,15 @@ def protect_files(
             identities[name] = (face.crop, f"{ref.image.sha256}#{j}", face.transform)
             names.append(name)
         members_of[group] = names
+    extras = {}
+    if views_from == "group":
+        if not cloaker.max_extra:
+            raise ValueError("views_from='group' needs a Cloaker built with max_extra > 0")
+        extras = _group_extras(cloaker, groups, photos, members_of, identities)
+    elif views_from != "reference":
+        raise ValueError(f"views_from must be 'reference' or 'group', got {views_from!r}")
     t0 = time.perf_counter()
-    fitted = _fit(cloaker, identities, wrap)
+    fitted = _fit(cloaker, identities, wrap, extras)
 
     # 3. Assign every face to an identity (fitting new ones for unmatched faces).
     assign: dict[tuple[str, int], str] = {}
@@ -494,7 +505,10 @@ def protect_files(
 
 
 def _fit(
-    cloaker: Cloaker, identities: dict[str, tuple[np.ndarray, str, np.ndarray]], wrap
+    cloaker: Cloaker,
+    identities: dict[str, tuple[np.ndarray, str, np.ndarray]],
+    wrap,
+    extras: dict[str, np.ndarray] | None = None,
 ) -> dict[str, FitResult]:
     if not identities:
         return {}
@@ -506,9 +520,39 @@ def _fit(
     for s in wrap(chunks, f"fitting {len(names)} mask(s)", len(chunks)):
         sub = names[s : s + step]
         res = cloaker.fit(
-            crops[s : s + step], [identities[n][1] for n in sub], [identities[n][2] for n in sub]
+            crops[s : s + step],
+            [identities[n][1] for n in sub],
+            [identities[n][2] for n in sub],
+            [(extras or {}).get(n) for n in sub] if cloaker.max_extra else None,
         )
         out.update(zip(sub, res, strict=True))
+    return out
+
+
+def _group_extras(cloaker, groups, photos, members_of, identities) -> dict:
+    """For each one-person group: the largest face of each other photo in it that the surrogate
+    matches to the reference face, at most ``cloaker.max_extra``; they join the views."""
+    if not cloaker.max_extra:
+        return {}
+    thr = cloaker.recognizer.spec.require_threshold()
+    out = {}
+    for group, members in groups.items():
+        if len(members_of[group]) != 1:
+            continue  # several people on the reference photo: whose photo is whose is unclear
+        name = members_of[group][0]
+        ref_crop = identities[name][0]
+        ref_sha = identities[name][1].split("#")[0]
+        crops = [
+            photos[str(f)].faces[0].crop
+            for f in members
+            if photos[str(f)].image.sha256 != ref_sha
+        ]
+        if not crops:
+            continue
+        emb = embed_faces(cloaker.recognizer, np.stack([ref_crop, *crops]))
+        same = [c for c, e in zip(crops, emb[1:], strict=True) if float(e @ emb[0]) >= thr]
+        if same:
+            out[name] = np.stack(same[: cloaker.max_extra])
     return out
 
 

@@ -422,7 +422,13 @@ def _make_cloaker(args: argparse.Namespace, extra_photos: np.ndarray | None = No
         max_batch=args.batch,
         seed=args.seed,
         compute_dtype=None if args.precision == "float32" else args.precision,
+        max_extra=MAX_GROUP_PHOTOS if getattr(args, "views_from", None) == "group" else 0,
     )
+
+
+#: Other photos of a person that --views-from group feeds into the views (the program is
+#: compiled for this many; a person with more uses the first ones).
+MAX_GROUP_PHOTOS = 3
 
 
 def _view_generator(args: argparse.Namespace):
@@ -667,6 +673,7 @@ def _cmd_protect(args: argparse.Namespace) -> int:
         progress=_progress,
         root=root,
         manifest=f"{manifest}.json",
+        views_from=args.views_from,
     )
     _print_compiles(args, outdir / f"{manifest}.json")
     _print_change(summary.records, cloaker.config.max_levels())
@@ -708,6 +715,8 @@ def _protect_stream_cli(
 
     if args.reference:
         raise SystemExit("error: --reference does not apply to --identity per-file")
+    if args.views_from == "group":
+        raise SystemExit("error: --views-from group needs groups: --identity per-folder or a CSV")
     cloaker = _make_cloaker(args)
     bucket = cloaker.bucket(cloaker.max_batch)
     print(
@@ -1308,6 +1317,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RULE",
         help="which photos show the same person: single (default: one person, "
         "plus anyone else found), per-file, per-folder, or a CSV of path,identity",
+    )
+    p_prot.add_argument(
+        "--views-from",
+        choices=["reference", "group"],
+        default="reference",
+        help="reference (default): fit each person's mask on one photo; group: also draw the "
+        f"views from up to {MAX_GROUP_PHOTOS} other photos of the same group (--identity "
+        "per-folder or a CSV) whose face the surrogate matches, so the mask is fitted on the "
+        "person's photos rather than one",
     )
     p_prot.add_argument(
         "--no-resume",

@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 from . import __version__
 from .anchors import AnchorPool, anchor_embeddings, embed_faces
 from .attacks.facecloak import CloakConfig, highpass_for, make_cloak
-from .attacks.views import ViewGenerator
+from .attacks.views import ViewGenerator, views_of_photos
 from .faces.chain import identity_taps, paste_realign_taps
 from .faces.photo import Photo
 from .nets.registry import FaceRecognizer
@@ -77,6 +77,10 @@ class Cloaker:
       mesh: devices the identity batch is split over (default: all of this process's).
       compute_dtype: "bfloat16" runs the surrogate's weights and activations in bf16 (the
         mask, its optimiser and the loss stay float32); None keeps float32.
+      max_extra: other photos of the person each identity may bring (:meth:`fit`'s
+        ``extras``); they are an argument of the compiled program, padded to this many, and
+        every photo feeds the views (:func:`jaxcloak.attacks.views.views_of_photos`). 0: the
+        reference face alone.
     """
 
     def __init__(
@@ -92,6 +96,7 @@ class Cloaker:
         seed: int = 0,
         mesh: Mesh | None = None,
         compute_dtype: str | None = None,
+        max_extra: int = 0,
     ):
         self.recognizer = recognizer
         self.config = config
@@ -106,10 +111,15 @@ class Cloaker:
         one = make_cloak(with_compute_dtype(recognizer.embed, compute_dtype), config)
 
         view_params = getattr(views, "params", None)
+        if max_extra < 0 or (max_extra and view_params is not None):
+            raise ValueError("max_extra must be >= 0, and 0 with a generator that has weights")
+        self.max_extra = max_extra
 
-        def fit_one(params, vparams, face, e_sim, e_dist, highpass, taps, key):
+        def fit_one(params, vparams, face, e_sim, e_dist, highpass, taps, key, *more):
             k_views, k_cloak = jax.random.split(key)
-            if vparams is None:
+            if more:  # the person's other photos, padded to max_extra, and how many are real
+                v = views_of_photos(views, face, more[0], more[1], key=k_views)
+            elif vparams is None:
                 v = views(face, key=k_views)  # (V + 1, S, S, 3), the real face last
             else:  # a generator with weights (Arc2Face): they are arguments, not constants
                 v = views(face, key=k_views, params=vparams)
@@ -117,7 +127,9 @@ class Cloaker:
 
         # One program per (bucket, config): weights are arguments (replicated), faces vmapped
         # and split over the mesh's devices.
-        batched = (False, False, True, True, True, True, True, True)
+        batched = (False, False, True, True, True, True, True, True) + (True, True) * bool(
+            max_extra
+        )
         self._fit = data_parallel(fit_one, self.mesh, batched)
         self._params = replicate((recognizer.params, view_params), self.mesh)
         self.compile_seconds: dict[int, float] = {}
@@ -137,6 +149,7 @@ class Cloaker:
             "pool": {"source": self.pool.source, "size": len(self.pool)},
             "seed": self.seed,
             "compute_dtype": self.compute_dtype or "float32",
+            "max_extra_photos": self.max_extra,
             "jaxcloak_version": __version__,
         }
 
@@ -145,6 +158,7 @@ class Cloaker:
         faces: np.ndarray,
         reference_ids: Sequence[str],
         transforms: Sequence[np.ndarray | None] | None = None,
+        extras: Sequence[np.ndarray | None] | None = None,
     ) -> list[FitResult]:
         """Fit one mask per aligned face.
 
@@ -154,6 +168,8 @@ class Cloaker:
             identity's key and names it in records.
           transforms: each face's (2, 3) photo -> crop matrix, so the optimisation sees the
             mask as it will be after paste-back into that photo; None for a bare crop.
+          extras: per face, (E, 112, 112, 3) uint8 aligned crops of the same person's other
+            photos (at most ``max_extra``), or None.
         """
         faces = np.asarray(faces)
         if faces.ndim != 4 or faces.shape[1:] != (112, 112, 3) or faces.dtype != np.uint8:
@@ -162,11 +178,17 @@ class Cloaker:
             raise ValueError(f"{len(faces)} faces but {len(reference_ids)} reference ids")
         transforms = list(transforms) if transforms is not None else [None] * len(faces)
         taps = [identity_taps() if m is None else paste_realign_taps(m) for m in transforms]
+        extras = list(extras) if extras is not None else [None] * len(faces)
         results: list[FitResult] = []
         step = self.bucket(self.max_batch)
         for start in range(0, len(faces), step):
             sl = slice(start, start + step)
-            results.extend(self._fit_chunk(faces[sl], list(reference_ids[sl]), taps[sl]))
+            out, anchors = self.fit_arrays(
+                faces[sl], list(reference_ids[sl]), taps[sl], extras=extras[sl]
+            )
+            results.extend(self.collect(out, faces[sl], list(reference_ids[sl]), anchors))
+            for r, e in zip(results[start:], extras[sl], strict=True):
+                r.meta["extra_photos"] = 0 if e is None else len(e)
         return results
 
     def anchors_for(self, face: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -187,13 +209,15 @@ class Cloaker:
         taps: list,
         anchors: list | None = None,
         size: int | None = None,
+        extras: Sequence[np.ndarray | None] | None = None,
     ) -> tuple[Any, list]:
         """Dispatch one padded, sharded batch; returns ``(device CloakResult, anchors)``.
 
         The result keeps the bucket's padded batch axis, split over the mesh (``P("data")``);
         JAX dispatches asynchronously, so the host can prepare the next batch meanwhile.
         ``anchors``: each face's :meth:`anchors_for`, when already computed; ``size``: the
-        bucket to pad to (default: the smallest that holds the faces).
+        bucket to pad to (default: the smallest that holds the faces); ``extras``: as
+        :meth:`fit`.
         """
         n = len(faces)
         b = size or self.bucket(n)
@@ -210,6 +234,10 @@ class Cloaker:
             (np.stack([t[0] for t in taps]), np.stack([t[1] for t in taps])),
             keys,
         )
+        if self.max_extra:
+            rows = (*rows, *self._extra_rows(extras, n))
+        elif extras is not None and any(e is not None and len(e) for e in extras):
+            raise ValueError("extra photos need a Cloaker built with max_extra > 0")
         rows, _ = pad_rows(rows, n, b)
         args = (*self._params, *shard_rows(rows, self.mesh))
         if b not in self.compile_seconds:
@@ -218,9 +246,20 @@ class Cloaker:
             self.compile_seconds[b] = time.perf_counter() - t0
         return self._fit(*args), anchors
 
-    def _fit_chunk(self, faces: np.ndarray, ids: list[str], taps: list) -> list[FitResult]:
-        out, anchors = self.fit_arrays(faces, ids, taps)
-        return self.collect(out, faces, ids, anchors)
+    def _extra_rows(self, extras, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(n, max_extra, S, S, 3) float32 [0, 1] zero-padded crops, and (n,) int32 counts."""
+        e = self.max_extra
+        crops = np.zeros((n, e, 112, 112, 3), np.float32)
+        counts = np.zeros((n,), np.int32)
+        for i, x in enumerate(extras or [None] * n):
+            if x is None or not len(x):
+                continue
+            x = np.asarray(x)
+            if x.ndim != 4 or x.shape[1:] != (112, 112, 3) or len(x) > e:
+                raise ValueError(f"extras[{i}] must be (<= {e}, 112, 112, 3), got {x.shape}")
+            crops[i, : len(x)] = x.astype(np.float32) / 255.0
+            counts[i] = len(x)
+        return crops, counts
 
     def collect(
         self, out: Any, faces: np.ndarray, ids: Sequence[str], anchors: list

@@ -488,12 +488,20 @@ def test_stream_with_many_threads_equals_one_thread(tmp_path, rec):
     for name, rgb in synthetic_photos(16, seed=5, size=(200, 240), sources=("astronaut",)):
         Image.fromarray(rgb).save(src / f"{name}.png")
     files = sorted(src.glob("*.png"))
+    # The threads are under test, not the mask: one view, one step, 8 faces per device step.
+    cloaker = Cloaker(
+        rec,
+        get_config("fixed", "mid", steps=1),
+        make_view_generator("augment", n_views=1),
+        builtin_pool(),
+        max_batch=8,
+    )
 
     def run(out: str, threads: int):
         summary = protect_stream(
             files,
             tmp_path / out,
-            cheap,
+            cloaker,
             root=src,
             readers=threads,
             writers=threads,
@@ -675,3 +683,26 @@ def test_a_destination_without_room_is_refused_up_front(astronaut_file, tmp_path
         with pytest.raises(SystemExit, match="MB free, the outputs and masks need about"):
             main(["protect", str(astronaut_file), "-o", str(tmp_path / "out"), *CHEAP_FLAGS])
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_views_from_group_fits_on_the_persons_other_photos(tmp_path, rec):
+    folder = tmp_path / "alice"
+    folder.mkdir()
+    rgb = skimage.data.astronaut()
+    Image.fromarray(rgb).save(folder / "a.png")
+    Image.fromarray(np.ascontiguousarray(rgb[10:, 8:])).save(folder / "b.png")
+    Image.fromarray(np.full((64, 64, 3), 99, np.uint8)).save(folder / "c.png")  # no face
+    cfg = get_config("fixed", "mid", steps=2)
+    views = make_view_generator("augment", n_views=2)
+    group = Cloaker(rec, cfg, views, builtin_pool(), max_batch=2, max_extra=2)
+    common = dict(identity="per-folder")
+    s = protect_files(
+        sorted(folder.glob("*.png")), tmp_path / "g", group, views_from="group", **common
+    )
+    mask = load_mask(s.masks["alice"])
+    assert mask.meta["extra_photos"] == 1 and mask.meta["max_extra_photos"] == 2
+    alone = protect_files(sorted(folder.glob("*.png")), tmp_path / "r", group, **common)
+    assert load_mask(alone.masks["alice"]).meta["extra_photos"] == 0
+    assert not np.array_equal(mask.delta, load_mask(alone.masks["alice"]).delta)
+    with pytest.raises(ValueError, match="max_extra > 0"):
+        protect_files([folder / "a.png"], tmp_path / "x", _cheap(rec), views_from="group")

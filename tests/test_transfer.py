@@ -260,3 +260,21 @@ def test_pose_views_are_valid_views_with_the_face_last():
     v = make_view_generator("augment", n_views=3, strength="pose")(face, key=jax.random.key(1))
     assert v.shape == (4, 112, 112, 3) and float(v.min()) >= 0 and float(v.max()) <= 1
     np.testing.assert_array_equal(v[-1], face)
+
+
+def test_views_of_photos_use_only_the_real_extra_photos():
+    from jaxcloak.attacks.views import views_of_photos
+
+    class Copy:  # a view generator that returns its source unchanged, n_views times
+        n_views = 6
+
+        def __call__(self, face, *, key):
+            return jnp.broadcast_to(face, (self.n_views + 1, *face.shape))
+
+    face = jnp.zeros((8, 8, 3))
+    extra = jnp.stack([jnp.full((8, 8, 3), v) for v in (0.25, 0.5, 0.75)])  # padded to 3
+    fn = jax.jit(lambda n: views_of_photos(Copy(), face, extra, n, key=jax.random.key(0)))
+    for n, want in ((0, {0.0}), (1, {0.0, 0.25}), (3, {0.0, 0.25, 0.5, 0.75})):
+        v = fn(n)  # one program for every count
+        assert {float(x) for x in v[:-1, 0, 0, 0]} == want
+        np.testing.assert_array_equal(v[-1], face)  # the face itself last

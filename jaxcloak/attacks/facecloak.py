@@ -423,7 +423,10 @@ def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable
                 k_step = jax.random.fold_in(state.key, t)
 
                 def f(delta):
-                    delta = low_frequency(delta, cfg.lowfreq)
+                    if cfg.lowfreq != 1:
+                        # What will be applied: through the coarse grid and clipped again, so a
+                        # non-uniform budget (regions, perceptual map) holds in the loss too.
+                        delta = applied(delta, budget)
                     # The real face (last) through the photo's exact paste/realign map; the
                     # synthetic views through random resamplings (or as is).
                     real = apply_taps(delta, taps[0], taps[1], feather)[None]

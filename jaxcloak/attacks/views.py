@@ -306,12 +306,26 @@ class MultiPhotoViews:
 
     def __call__(self, face: Image, *, key: PRNGKey) -> jax.Array:
         extra = jnp.asarray(self.photos, jnp.float32)
-        sources = jnp.concatenate([jnp.asarray(face, jnp.float32)[None], extra])  # (E + 1, ...)
-        keys = jax.random.split(key, sources.shape[0])
-        per = jnp.stack([self.base(sources[k], key=keys[k])[:-1] for k in range(len(keys))])
-        pick = jnp.arange(self.n_views)
-        views = per[pick % sources.shape[0], pick]  # view i from photo i mod (E + 1)
-        return jnp.concatenate([views, jnp.asarray(face, jnp.float32)[None]])
+        return views_of_photos(self.base, face, extra, extra.shape[0], key=key)
+
+
+def views_of_photos(
+    base: ViewGenerator, face: Image, extra: jax.Array, n_extra: jax.Array | int, *, key: PRNGKey
+) -> jax.Array:
+    """``base``'s views drawn from ``face`` and the first ``n_extra`` rows of ``extra``.
+
+    View ``i`` comes from photo ``i mod (n_extra + 1)`` (the face first), so every given photo
+    feeds the views while their number stays ``base.n_views``; the face is appended last,
+    unchanged. ``extra`` is (E, S, S, 3) float32 [0, 1], padded to a static E so one compiled
+    program serves people with any number of photos up to E; ``n_extra`` may be traced.
+    """
+    face = jnp.asarray(face, jnp.float32)
+    sources = jnp.concatenate([face[None], jnp.asarray(extra, jnp.float32)])  # (E + 1, ...)
+    keys = jax.random.split(key, sources.shape[0])
+    per = jnp.stack([base(sources[k], key=keys[k])[:-1] for k in range(len(keys))])
+    pick = jnp.arange(base.n_views)
+    views = per[pick % (jnp.asarray(n_extra) + 1), pick]
+    return jnp.concatenate([views, face[None]])
 
 
 def _arc2face(**kwargs: Any) -> ViewGenerator:

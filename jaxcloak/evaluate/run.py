@@ -484,7 +484,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "| model | kind | PSR | rule |",
         "|---|---|---|---|",
     ]
-    for name, p in report["psr"].items():
+    for name, p in sorted(report["psr"].items(), key=lambda kv: kv[0] != "dlib"):  # dlib first
         kind = "black box (never used to build the protection)" if name == "dlib" else "surrogate"
         lines.append(f"| {name} | {kind} | {_pct(p['psr'])} | {p['rule']} |")
     q = report["quality"]
@@ -587,11 +587,13 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     q = report["quality"]
     rob = report["robustness"]
     worst = min(rob.items(), key=lambda kv: kv[1].get("sface") or 0.0) if rob else None
+    # The black box first: it is what a scraper's unknown recogniser is closest to.
     return [
         f"faces evaluated: {report['n_faces']} ({len(report['problems'])} problem(s) reported)",
-        "white-box PSR: " + ", ".join(f"{k} {_pct(v['psr'])}" for k, v in p.items() if k != "dlib"),
         f"black-box PSR (dlib, never used to build the protection): "
         f"{_pct(p['dlib']['psr']) if 'dlib' in p else 'not run'}",
+        "surrogate (white-box) PSR: "
+        + ", ".join(f"{k} {_pct(v['psr'])}" for k, v in p.items() if k != "dlib"),
         f"quality: PSNR {q['psnr']['mean']:.1f} dB, SSIM {q['ssim']['mean']:.4f}, "
         f"max change {q['linf']['max']:.0f} grey levels"
         if q["psnr"]["mean"] is not None
