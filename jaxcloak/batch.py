@@ -543,9 +543,7 @@ def _group_extras(cloaker, groups, photos, members_of, identities) -> dict:
         ref_crop = identities[name][0]
         ref_sha = identities[name][1].split("#")[0]
         crops = [
-            photos[str(f)].faces[0].crop
-            for f in members
-            if photos[str(f)].image.sha256 != ref_sha
+            photos[str(f)].faces[0].crop for f in members if photos[str(f)].image.sha256 != ref_sha
         ]
         if not crops:
             continue
