@@ -532,8 +532,6 @@ def _fit(
 def _group_extras(cloaker, groups, photos, members_of, identities) -> dict:
     """For each one-person group: the largest face of each other photo in it that the surrogate
     matches to the reference face, at most ``cloaker.max_extra``; they join the views."""
-    if not cloaker.max_extra:
-        return {}
     thr = cloaker.recognizer.spec.require_threshold()
     out = {}
     for group, members in groups.items():

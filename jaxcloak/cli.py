@@ -235,6 +235,17 @@ def _no_face_policy(value: str):
     return box
 
 
+def _add_rotations_arg(p) -> None:
+    p.add_argument(
+        "--rotations",
+        choices=["auto", "off", "all"],
+        default="auto",
+        help="auto (default): when a photo shows no face, look again with it turned 90, 180 "
+        "and 270 degrees (a sideways portrait without EXIF orientation) and protect it in its "
+        "own orientation; all: always look at every orientation; off: never",
+    )
+
+
 def _number(kind: type, lo: float | None = None, hi: float | None = None, *, open_lo=False):
     """An argparse type: ``kind`` (int or float) in [lo, hi] (``open_lo``: lo excluded)."""
 
@@ -365,14 +376,7 @@ def _add_cloak_args(p: argparse.ArgumentParser) -> None:
         default=20,
         help="smaller faces are reported, not protected (pixels, default 20)",
     )
-    f.add_argument(
-        "--rotations",
-        choices=["auto", "off", "all"],
-        default="auto",
-        help="auto (default): when a photo shows no face, look again with it turned 90, 180 "
-        "and 270 degrees (a sideways portrait without EXIF orientation) and protect it in its "
-        "own orientation; all: always look at every orientation; off: never",
-    )
+    _add_rotations_arg(f)
 
 
 def _make_cloaker(args: argparse.Namespace, extra_photos: np.ndarray | None = None):
@@ -1411,13 +1415,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_apply.add_argument("--no-face", type=_no_face_policy, default="skip", metavar="POLICY")
     p_apply.add_argument("--min-face", type=_number(float, 0), default=20)
-    p_apply.add_argument(
-        "--rotations",
-        choices=["auto", "off", "all"],
-        default="auto",
-        help="look for faces in the photo turned by 90/180/270 degrees: auto (when none is "
-        "found upright, default), all, off",
-    )
+    _add_rotations_arg(p_apply)
     _add_output_args(p_apply)
     p_apply.set_defaults(func=_cmd_mask_apply)
     p_mask.set_defaults(func=lambda a: (p_mask.print_help(), 2)[1])

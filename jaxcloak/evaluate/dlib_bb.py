@@ -38,6 +38,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..faces.detect import box_iou
+
 __all__ = [
     "CHIP_PADDING",
     "CHIP_SIZE",
@@ -141,17 +143,6 @@ def _load() -> tuple[Any, Any, Any, Any]:
         dlib.shape_predictor(str(paths["shape_predictor"])),
         dlib.face_recognition_model_v1(str(paths["resnet"])),
     )
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two (x, y, w, h) boxes; 0 when either is empty."""
-    ax, ay, aw, ah = (float(v) for v in a)
-    bx, by, bw, bh = (float(v) for v in b)
-    iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    inter = iw * ih
-    union = aw * ah + bw * bh - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _check_rgb(rgb: np.ndarray) -> np.ndarray:

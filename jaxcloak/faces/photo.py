@@ -15,7 +15,7 @@ import numpy as np
 
 from ..io.images import LoadedImage
 from .align import ARCFACE_TEMPLATE, align_face, invert_affine, warp_crop
-from .detect import Face, detect_faces
+from .detect import Face, box_iou, detect_faces
 from .paste import paste_back
 
 FacePolicy = Literal["largest", "all"] | int
@@ -157,19 +157,6 @@ def _detect_turned(rgb: np.ndarray, k: int, threshold: float, min_face: float) -
     return [back(f) for f in res.faces]
 
 
-def _overlaps(f: Face, others: Sequence[Face], min_iou: float = 0.3) -> bool:
-    """Whether ``f`` is a face already found at another orientation (box IoU above min_iou)."""
-    ax, ay, aw, ah = f.box
-    for o in others:
-        bx, by, bw, bh = o.box
-        iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-        ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-        union = aw * ah + bw * bh - iw * ih
-        if union > 0 and iw * ih / union > min_iou:
-            return True
-    return False
-
-
 def _fallback_face(rgb: np.ndarray, box: Sequence[float], origin: str, size: int) -> AlignedFace:
     m = box_transform(box, size)
     crop = warp_crop(rgb, m, size)
@@ -215,7 +202,6 @@ def prepare_photo(
     if rotations not in ("auto", "off", "all"):
         raise ValueError(f"rotations must be 'auto', 'off' or 'all', got {rotations!r}")
     found = detect_faces(rgb, score_threshold=score_threshold, min_face=min_face)
-    too_small = list(found.too_small)
     # (face, quarter turns it was found at); YuNet also fires on a sideways face, with its
     # landmarks in image order, so at several orientations the most confident one wins.
     hits = [(f, 0) for f in found.faces]
@@ -228,7 +214,7 @@ def prepare_photo(
     elif rotations == "all":
         for k in (1, 2, 3):
             for f in _detect_turned(rgb, k, score_threshold, min_face):
-                same = [i for i, (g, _) in enumerate(hits) if _overlaps(f, [g])]
+                same = [i for i, (g, _) in enumerate(hits) if box_iou(f.box, g.box) > 0.3]
                 if not same:
                     hits.append((f, k))
                 elif all(f.score > hits[i][0].score for i in same):
@@ -240,7 +226,7 @@ def prepare_photo(
     notes = [
         f"face at ({f.box[0]:.0f}, {f.box[1]:.0f}) is {min(f.box[2:]):.0f} px, below the "
         f"{min_face:g} px minimum; not protected"
-        for f in too_small
+        for f in found.too_small
     ]
     notes += [
         f"face {i} found with the photo turned {90 * k} degrees; protected in the photo's own "
