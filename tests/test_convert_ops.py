@@ -1833,3 +1833,89 @@ def test_jitted_small_cnn():
     got, _ = check(nodes, {"x": x}, inits=inits, opset=opset, jit=True)
     eager = run_jax(make_model(nodes, {"x": x}, ["y"], inits, opset), [x])
     np.testing.assert_allclose(eager[0], got[0], rtol=RTOL, atol=ATOL)
+
+
+# --------------------------------------------------------------------------------------------
+# channel-last execution (convert/onnx/layout.py)
+# --------------------------------------------------------------------------------------------
+
+
+def _trunk_model(opset: int = 13) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """A small conv trunk with every kind of op the channel-last pass handles or hands back:
+    Conv, BatchNormalization, PRelu (per-channel and (C,1,1) slopes), a residual Add, Mul by
+    an NCHW-shaped (1,C,1,1) constant and by a (W,) row, Sigmoid, Dropout, a depthwise conv,
+    MaxPool (run NCHW), a second output taken mid-trunk, then Flatten -> Gemm."""
+    c = 4
+    inputs = {"x": rnd(2, 3, 9, 9, seed=1)}
+    inits = {
+        "w1": rnd(c, 3, 3, 3, seed=2), "b1": rnd(c, seed=3),
+        "s": rnd(c, lo=0.5, hi=1.5, seed=4), "bb": rnd(c, seed=5),
+        "m": rnd(c, seed=6), "v": rnd(c, lo=0.5, hi=1.5, seed=7),
+        "slope": rnd(c, 1, 1, seed=8), "w2": rnd(c, c, 3, 3, seed=9),
+        "gate": rnd(1, c, 1, 1, seed=10), "row": rnd(9, seed=11),
+        "wd": rnd(c, 1, 3, 3, seed=12), "wg": rnd(c * 4 * 4, 5, seed=13),
+        "bg": rnd(5, seed=14),
+    }  # fmt: skip
+    nodes = [
+        node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        node("BatchNormalization", ["c1", "s", "bb", "m", "v"], ["n1"], epsilon=1e-3),
+        node("PRelu", ["n1", "slope"], ["p1"]),
+        node("Conv", ["p1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+        node("Add", ["c2", "p1"], ["r"]),
+        node("Mul", ["r", "gate"], ["g1"]),
+        node("Mul", ["g1", "row"], ["g2"]),
+        node("Sigmoid", ["g2"], ["sg"]),
+        node("Dropout", ["sg"], ["d"]),
+        node("Conv", ["d", "wd"], ["dw"], group=c, pads=[1, 1, 1, 1], strides=[2, 2]),
+        node("MaxPool", ["dw"], ["mp"], kernel_shape=[2, 2], strides=[1, 1]),
+        node("Flatten", ["mp"], ["f"]),
+        node("Gemm", ["f", "wg", "bg"], ["y"]),
+    ]
+    return make_model(nodes, inputs, ["y", "r"], inits, opset), inputs
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_channel_last_trunk_matches_ort(jit):
+    model, inputs = _trunk_model()
+    assert_match(run_jax(model, list(inputs.values()), jit=jit), run_ort(model, inputs))
+
+
+def test_channel_last_trunk_gradient_matches_channel_first(monkeypatch):
+    """Input gradients with the pass on (CPU) and off (every op NCHW, as on other backends)."""
+    import jax.numpy as jnp
+
+    from jaxcloak.convert.onnx import layout
+
+    model, inputs = _trunk_model()
+    apply_fn, params = convert(model)
+    x = jnp.asarray(inputs["x"])
+
+    def grad():
+        return np.asarray(jax.grad(lambda x: jnp.sum(apply_fn(params, x)[0] ** 2))(x))
+
+    on = grad()
+    monkeypatch.setattr(layout, "run_channel_last", lambda *a: None)
+    import jaxcloak.convert.onnx.graph as graph_mod
+
+    monkeypatch.setattr(graph_mod, "run_channel_last", lambda *a: None)
+    off = grad()
+    np.testing.assert_allclose(on, off, rtol=1e-5, atol=1e-6)
+
+
+def test_channel_last_leaves_no_transposes_between_layers():
+    """In the trunk, activations are transposed only where it leaves channel-last ops:
+    into the first conv, before MaxPool (run NCHW) and for the mid-trunk graph output."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the channel-last pass runs on CPU")
+    model, inputs = _trunk_model()
+    apply_fn, params = convert(model)
+    jaxpr = jax.make_jaxpr(apply_fn)(params, inputs["x"])
+    batch = inputs["x"].shape[0]
+    moved = [
+        e
+        for e in jaxpr.jaxpr.eqns
+        if e.primitive.name == "transpose"
+        and e.invars[0].aval.shape[:1] == (batch,)
+        and len(e.invars[0].aval.shape) == 4
+    ]
+    assert len(moved) == 3, [e.invars[0].aval.shape for e in moved]

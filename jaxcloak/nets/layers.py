@@ -13,14 +13,16 @@ Nothing here trains: BatchNorm always uses its running statistics and there is n
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ..ops.conv import DEPTHWISE_MAX_TAPS, conv2d, depthwise_conv2d, depthwise_fits
+
 __all__ = [
+    "DEPTHWISE_MAX_TAPS",
     "BatchNorm",
     "Conv2d",
     "GroupNorm",
@@ -41,63 +43,6 @@ def _pair(v: Pair) -> tuple[int, int]:
 # Full fp32 accuracy on GPU/TPU too (the default would use TF32/bf16 passes); it costs nothing
 # on CPU and keeps the torch-parity tolerances meaningful everywhere.
 _PRECISION = jax.lax.Precision.HIGHEST
-
-# Largest kernel area (kh * kw) routed through :func:`depthwise_conv2d` on CPU; bigger kernels
-# (e.g. MobileFaceNet's 7x7 global depthwise) would unroll into too many slices.
-DEPTHWISE_MAX_TAPS = 25
-
-
-def depthwise_conv2d(
-    x: jax.Array,
-    taps: jax.Array,
-    strides: Sequence[int],
-    dilation: Sequence[int],
-    pads: Sequence[tuple[int, int]],
-    *,
-    channels_last: bool,
-) -> jax.Array:
-    """Depthwise 2-D convolution (cross-correlation) as a sum of shifted, strided slices.
-
-    ``y[n, c, h, w] = sum_ij xpad[n, c, h*sh + i*dh, w*sw + j*dw] * taps[i, j, c]``, i.e. what
-    ``lax.conv_general_dilated`` computes with ``feature_group_count == C`` and one output
-    channel per group (channel multiplier 1).
-
-    Why: XLA:CPU runs grouped convolutions through a slow generic path; this form fuses into one
-    elementwise loop (forward and backward) and is several times faster on CPU for small
-    kernels. Each term is an elementwise product accumulated in the input dtype, so float32
-    input gives full float32 accuracy (no reduced-precision passes to worry about).
-
-    Args:
-      x: (N, H, W, C) if ``channels_last`` else (N, C, H, W).
-      taps: (kh, kw, C) per-channel filter taps, indexed ``[i, j, c]``.
-      strides: (sh, sw).
-      dilation: (dh, dw).
-      pads: ((top, bottom), (left, right)) zero padding.
-      channels_last: layout of ``x`` (and of the result).
-
-    Returns:
-      (N, H', W', C) or (N, C, H', W'), the same layout as ``x``.
-    """
-    kh, kw = taps.shape[0], taps.shape[1]
-    sh, sw = strides
-    dh, dw = dilation
-    ax_h, ax_w = (1, 2) if channels_last else (2, 3)
-    pad_width = [(0, 0)] * 4
-    pad_width[ax_h], pad_width[ax_w] = tuple(pads[0]), tuple(pads[1])
-    xp = jnp.pad(x, pad_width)
-    out_h = (xp.shape[ax_h] - (kh - 1) * dh - 1) // sh + 1
-    out_w = (xp.shape[ax_w] - (kw - 1) * dw - 1) // sw + 1
-    # Per-channel taps broadcast along the channel axis.
-    tap_shape = (-1,) if channels_last else (-1, 1, 1)
-    y = None
-    for i in range(kh):
-        for j in range(kw):
-            index = [slice(None)] * 4
-            index[ax_h] = slice(i * dh, i * dh + (out_h - 1) * sh + 1, sh)
-            index[ax_w] = slice(j * dw, j * dw + (out_w - 1) * sw + 1, sw)
-            term = xp[tuple(index)] * taps[i, j].reshape(tap_shape)
-            y = term if y is None else y + term
-    return y
 
 
 class Conv2d(nnx.Module):
@@ -145,26 +90,17 @@ class Conv2d(nnx.Module):
         ph, pw = self.padding
         w = self.weight[...]
         kh, kw, _, c_out = w.shape
+        pads = ((ph, ph), (pw, pw))
         if (
             1 < self.groups == x.shape[-1] == c_out
-            and kh * kw <= DEPTHWISE_MAX_TAPS
             and jax.default_backend() == "cpu"
+            and depthwise_fits((kh, kw), self.stride, (1, 1), x.shape[1:3], pads)
         ):
             # Depthwise on CPU: XLA's grouped-conv path is several times slower than the
             # shifted-slices form (exact fp32, so ``_PRECISION`` is moot there).
-            y = depthwise_conv2d(
-                x, w[:, :, 0, :], self.stride, (1, 1), ((ph, ph), (pw, pw)), channels_last=True
-            )
-            return y if self.bias is None else y + self.bias[...]
-        y = jax.lax.conv_general_dilated(
-            x,
-            w,
-            window_strides=self.stride,
-            padding=((ph, ph), (pw, pw)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=self.groups,
-            precision=_PRECISION,
-        )
+            y = depthwise_conv2d(x, w[:, :, 0, :], self.stride, (1, 1), pads)
+        else:
+            y = conv2d(x, w, self.stride, pads, groups=self.groups, precision=_PRECISION)
         return y if self.bias is None else y + self.bias[...]
 
 
@@ -292,10 +228,16 @@ class GroupNorm(nnx.Module):
         """(N, ..., C) -> (N, ..., C)."""
         n, c, g = x.shape[0], x.shape[-1], self.num_groups
         xf = x.astype(jnp.float32).reshape(n, -1, g, c // g)  # (N, S, G, C/G)
-        mean = jnp.mean(xf, axis=(1, 3), keepdims=True)
-        centred = xf - mean
-        var = jnp.mean(jnp.square(centred), axis=(1, 3), keepdims=True)
-        y = (centred * jax.lax.rsqrt(var + self.eps)).reshape(x.shape)
+        # One pass: sum and sum of squares in one reduction (XLA fuses them), instead of a
+        # mean pass then a variance pass. Taken about one element of each group, so the
+        # difference of squares does not cancel when the mean is large against the spread;
+        # the result does not depend on the shift mathematically, hence no gradient through it.
+        shift = jax.lax.stop_gradient(xf[:, :1, :, :1])
+        d = xf - shift
+        m1 = jnp.mean(d, axis=(1, 3), keepdims=True)
+        m2 = jnp.mean(jnp.square(d), axis=(1, 3), keepdims=True)
+        var = jnp.maximum(m2 - jnp.square(m1), 0.0)
+        y = ((d - m1) * jax.lax.rsqrt(var + self.eps)).reshape(x.shape)
         return (y * self.weight[...] + self.bias[...]).astype(x.dtype)
 
 

@@ -28,6 +28,7 @@ from onnx import defs, numpy_helper
 from onnx import helper as onnx_helper
 
 from .errors import ConversionError, UnsupportedOpError
+from .layout import nchw, run_channel_last
 from .ops import MAX_OP_VERSION, OPS, Node, is_static
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -84,7 +85,9 @@ class _Step:
         self.inputs = list(proto.input)
         self.outputs = list(proto.output)
 
-    def run(self, env: Mapping[str, Any]) -> tuple:
+    def run(self, env: Mapping[str, Any], channel_last: bool = False) -> tuple:
+        """The node's outputs from ``env``; with ``channel_last`` (CPU), 4-D activations may
+        be :class:`~.layout.ChannelLast` in and out (see :mod:`.layout`)."""
         args = [env[i] if i else None for i in self.inputs]
         all_static = all(a is None or is_static(a) for a in args)
         node = dataclasses.replace(self.node, xp=np if all_static else jnp)
@@ -95,8 +98,12 @@ class _Step:
                     out = self.spec.fn(node, *args)
                     out = tuple(np.asarray(o) for o in (out if isinstance(out, tuple) else (out,)))
             else:
-                out = self.spec.fn(node, *args)
-                out = out if isinstance(out, tuple) else (out,)
+                out = None
+                if channel_last:
+                    out = run_channel_last(node.op_type, self.spec.fn, node, args)
+                if out is None:
+                    out = self.spec.fn(node, *[nchw(a) for a in args])
+                    out = out if isinstance(out, tuple) else (out,)
         except ConversionError:
             raise
         except Exception as e:
@@ -139,9 +146,10 @@ class OnnxFunction:
         env.update(params)
         # Inputs are runtime values even when given as NumPy: only constants are folded.
         env.update(zip(self.input_names, map(jnp.asarray, inputs), strict=True))
+        channel_last = jax.default_backend() == "cpu"
         for step in self._steps:
-            env.update(zip(step.outputs, step.run(env), strict=False))
-        return tuple(jnp.asarray(env[name]) for name in self.output_names)
+            env.update(zip(step.outputs, step.run(env, channel_last), strict=False))
+        return tuple(jnp.asarray(nchw(env[name])) for name in self.output_names)
 
     def to_model(self, params: Mapping[str, Any]) -> onnx.ModelProto:
         """The folded graph as ONNX: only the nodes left to run, params and constants as

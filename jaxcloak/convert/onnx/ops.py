@@ -28,7 +28,7 @@ import numpy as np
 from jax import lax
 from onnx import helper as onnx_helper
 
-from ...nets.layers import DEPTHWISE_MAX_TAPS, depthwise_conv2d
+from ...ops.conv import conv2d, depthwise_conv2d, depthwise_fits
 from .errors import ConversionError, UnsupportedOpError
 
 Value = Any  # np.ndarray (static) or jax.Array (traced)
@@ -573,52 +573,54 @@ def _conv_dims(n_spatial: int) -> tuple[str, str, str]:
     return "NC" + sp, "OI" + sp, "NC" + sp
 
 
-@op("Conv")
-def conv(node: Node, x: Value, w: Value, b: Value = None) -> Value:
-    n = x.ndim - 2
+def _conv_geometry(node: Node, x_spatial: Sequence[int], w: Value):
+    n = len(x_spatial)
     kernel = node.attr("kernel_shape", w.shape[2:])
     strides = node.attr("strides", [1] * n)
     dil = node.attr("dilations", [1] * n)
-    pads = _spatial_pads(node, x.shape[2:], kernel, strides, dil)
-    g = node.attr("group", 1)
+    pads = _spatial_pads(node, x_spatial, kernel, strides, dil)
+    return kernel, strides, dil, pads, node.attr("group", 1)
+
+
+def conv_channel_last(node: Node, x: jax.Array, w: Value, b: Value = None) -> jax.Array:
+    """A 2-D ONNX Conv on channel-last data: NHWC ``x``, the ONNX OIHW ``w``; NHWC out.
+
+    What :mod:`.layout` runs on CPU: XLA:CPU's fast convolutions (and the project's
+    custom input gradient, :mod:`jaxcloak.ops.conv`) are channel-last, and channel-first
+    convolutions inside while loops (every ``lax.scan`` attack) take a slow path.
+    """
+    kernel, strides, dil, pads, g = _conv_geometry(node, x.shape[1:3], w)
     if (
-        n == 2
-        and g > 1
-        and g == x.shape[1] == w.shape[0]
+        g > 1
+        and g == x.shape[-1] == w.shape[0]
         and w.shape[1] == 1
-        and math.prod(kernel) <= DEPTHWISE_MAX_TAPS
-        and jax.default_backend() == "cpu"
+        and depthwise_fits(kernel, strides, dil, x.shape[1:3], pads)
     ):
         # XLA:CPU's grouped-conv path is slow; the shifted-slices form made SFace's forward
         # about 3x and its backward about 2x faster on CPU (benchmarks/bench_convert.py).
         taps = jnp.transpose(w[:, 0], (1, 2, 0))  # (C, 1, kh, kw) -> (kh, kw, C)
-        y = depthwise_conv2d(x, taps, strides, dil, pads, channels_last=False)
-        return y if b is None else y + _bcast_channel(b, y.ndim)
-    if n == 2 and jax.default_backend() == "cpu":
-        # XLA:CPU runs channel-first convolutions inside while loops (every lax.scan attack)
-        # through a slow path, ~10x slower than the same loop unrolled (jax-ml/jax#12868);
-        # channel-last convolutions do not suffer, and the transposes between consecutive
-        # layers largely cancel.
-        y = lax.conv_general_dilated(
-            jnp.transpose(x, (0, 2, 3, 1)),
-            jnp.transpose(w, (2, 3, 1, 0)),
-            window_strides=strides,
-            padding=pads,
-            rhs_dilation=dil,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=g,
-        )
-        y = jnp.transpose(y, (0, 3, 1, 2))
+        y = depthwise_conv2d(x, taps, strides, dil, pads)
     else:
-        y = lax.conv_general_dilated(
-            x,
-            w,
-            window_strides=strides,
-            padding=pads,
-            rhs_dilation=dil,
-            dimension_numbers=_conv_dims(n),
-            feature_group_count=g,
-        )
+        y = conv2d(x, jnp.transpose(w, (2, 3, 1, 0)), strides, pads, dil, g)
+    return y if b is None else y + b
+
+
+@op("Conv")
+def conv(node: Node, x: Value, w: Value, b: Value = None) -> Value:
+    n = x.ndim - 2
+    if n == 2 and jax.default_backend() == "cpu":
+        y = conv_channel_last(node, jnp.transpose(x, (0, 2, 3, 1)), w, b)
+        return jnp.transpose(y, (0, 3, 1, 2))
+    _, strides, dil, pads, g = _conv_geometry(node, x.shape[2:], w)
+    y = lax.conv_general_dilated(
+        x,
+        w,
+        window_strides=strides,
+        padding=pads,
+        rhs_dilation=dil,
+        dimension_numbers=_conv_dims(n),
+        feature_group_count=g,
+    )
     return y if b is None else y + _bcast_channel(b, y.ndim)
 
 
