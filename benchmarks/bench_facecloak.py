@@ -46,7 +46,7 @@ def bench_fit(cloaker: Cloaker, face: np.ndarray, m: np.ndarray, batch: int, rep
     e_sim, e_dist, _ = anchor_embeddings(cloaker.recognizer, face, cloaker.pool)
     taps = paste_realign_taps(m)
     args = (
-        cloaker.recognizer.params,
+        *cloaker._params,  # recognizer and view-generator weights
         jnp.asarray(faces, jnp.float32) / 255.0,
         np.repeat(e_sim[None], batch, 0),
         np.repeat(e_dist[None], batch, 0),

@@ -9,6 +9,7 @@ run ``--steps`` times; we report the median step time and the compiled program's
   python benchmarks/bench_map.py                                # tiny and embedded
   python benchmarks/bench_map.py --variants celeba_hq --steps 2 # the paper-size UNet
   python benchmarks/bench_map.py --batched-backward both        # vmap(pullback) vs 3 calls
+  python benchmarks/bench_map.py --variants embedded --unroll both  # unrolled vs looped DDIM
 """
 
 from __future__ import annotations
@@ -55,9 +56,9 @@ def _face(side: int) -> jnp.ndarray:
     return jnp.asarray(warp_crop(rgb, m, side)[None], jnp.float32) / 127.5 - 1.0
 
 
-def bench(variant: str, steps: int, batched: bool) -> dict:
+def bench(variant: str, steps: int, batched: bool, unroll: bool) -> dict:
     score = embedded_score_net(variant)
-    config = get_config("demo", batched_backward=batched, steps=steps)
+    config = get_config("demo", batched_backward=batched, steps=steps, unroll=unroll)
     sface = load("sface")
     fer = fer_xception.load_fer()
     schedule = make_schedule()
@@ -87,6 +88,7 @@ def bench(variant: str, steps: int, batched: bool) -> dict:
         "resolution": score.config.resolution,
         "params": n_params,
         "backward": "vmap" if batched else "3 calls",
+        "ddim": "unrolled" if unroll else "scan",
         "compile_s": round(compile_s, 1),
         "step_s_median": round(statistics.median(times), 3),
         "step_s_min": round(min(times), 3),
@@ -104,12 +106,24 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=["tiny", "embedded"])
     p.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up")
     p.add_argument("--batched-backward", choices=["yes", "no", "both"], default="no")
+    p.add_argument(
+        "--unroll",
+        choices=["yes", "no", "both"],
+        default="yes",
+        help="unroll the DDIM chains (MapConfig.unroll) or keep them as lax.scan loops",
+    )
     p.add_argument("--json", type=Path)
     args = p.parse_args()
-    modes = {"yes": [True], "no": [False], "both": [True, False]}[args.batched_backward]
+    choice = {"yes": [True], "no": [False], "both": [True, False]}
+    modes = choice[args.batched_backward]
     env = environment()
     print(json.dumps(env), flush=True)
-    rows = [bench(v, args.steps, b) for v in args.variants for b in modes]
+    rows = [
+        bench(v, args.steps, b, u)
+        for v in args.variants
+        for b in modes
+        for u in choice[args.unroll]
+    ]
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"env": env, "rows": rows}, indent=2))

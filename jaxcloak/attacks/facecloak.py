@@ -412,10 +412,6 @@ def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable
                 return new, {"loss": loss, **aux, **stats(new, budget)}
 
             order = jnp.tile(jnp.arange(n_views), cfg.passes)  # synthetic views, then real
-            # One pass over the views per loop trip: XLA:CPU runs convolutions inside while
-            # loops slower than straight-line code; unrolling the 9 batch-1 steps of a pass
-            # cut a faithful step from 124 to 103 ms (SFace, 2-core CPU; compile 4 -> 10 s).
-            unroll = n_views
         else:
             idx = jnp.arange(n_views)
 
@@ -454,9 +450,10 @@ def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable
                 return new, {"loss": loss, **aux, **stats(new, budget)}
 
             order = jnp.arange(cfg.steps)
-            unroll = 1
 
-        state, trace = jax.lax.scan(body, state, order, unroll=unroll)
+        # A rolled loop: with jaxcloak.ops.conv's forward-form gradients, unrolling a pass no
+        # longer pays (benchmarks/RESULTS.md, issue 19) and only doubles the compile time.
+        state, trace = jax.lax.scan(body, state, order)
         p = state.alpha * state.rho
         mask = applied(p, budget) * cfg.mask_scale
         if cfg.mode == "faithful":

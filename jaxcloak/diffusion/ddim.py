@@ -248,10 +248,10 @@ def generate(
         stores only the n step inputs (spec map.md section 4.5); same values and gradients.
       policy: the ``jax.checkpoint`` policy used when ``remat`` (e.g.
         ``jax.checkpoint_policies.dots_with_no_batch_dims_saveable``).
-      unroll: ``lax.scan``'s unroll. On XLA:CPU the convolutions of a network inside a while
-        loop run far slower than the same program unrolled (jax-ml/jax#12868; measured here:
-        the gradient of a 6-step chain of the embedded UNet 74 s rolled vs about 4 s for six
-        separate forward+backward passes), so CPU callers should unroll these short chains
+      unroll: ``lax.scan``'s unroll. XLA:CPU derives slow backward convolutions inside
+        while loops (jax-ml/jax#12868); :mod:`jaxcloak.ops.conv` phrases them as forward ops,
+        which took MAP's rolled train step from 122 to 14 s, but the unrolled step (8 s) is
+        still faster there at 3x the compile time, so CPU callers unroll these short chains
         (``True``); remat still applies step by step.
 
     Returns:

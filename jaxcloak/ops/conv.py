@@ -10,9 +10,10 @@ Why: inside ``lax.scan`` / ``while`` (every attack loop), XLA:CPU lowers the bac
 convolution that autodiff derives (kernel layout ``01oi``) through a slow generic path instead
 of the fused kernels forward convolutions get; a small 3x3 stack ran about 5x slower per step
 in a scan than outside one (``benchmarks/bench_conv.py``). The same arithmetic phrased as a
-forward convolution with an HWIO kernel runs at forward speed. The weight gradient is left to
-autodiff (it is only needed when training, e.g. MAP's score network) and is removed by XLA
-when nothing uses it, as in every FaceCloak attack where the weights are constants.
+forward convolution with an HWIO kernel runs at forward speed. The backward-filter
+convolution has the same problem (10-17x slower in a scan), so the *weight* gradient is one
+matrix product per kernel tap (only needed when training, e.g. MAP's score network; XLA
+removes it when the weights are constants, as in every FaceCloak attack).
 
 All arrays are channel-last: inputs NHWC, kernels HWIO, depthwise taps (kh, kw, C).
 """
@@ -116,12 +117,65 @@ def _conv2d_bwd(strides, padding, dilation, groups, precision, res, g):
         feature_group_count=groups,
         precision=precision,
     )
-    # Weight gradient as autodiff derives it; dead code (and removed) when w is a constant.
-    _, pull_w = jax.vjp(
-        lambda w_: _forward(x, w_, strides, padding, dilation, groups, precision), w
-    )
-    (dw,) = pull_w(g)
-    return dx.astype(x.dtype), dw
+    dw = _weight_grad(x, g, (kh, kw), strides, padding, dilation, groups, precision)
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+def _windows(xp, kernel, strides, dilation, out_hw):
+    """Yield ``(i, j, xp[:, h*sh + i*dh, w*sw + j*dw, :])`` for every kernel tap."""
+    (sh, sw), (dh, dw), (oh, ow) = strides, dilation, out_hw
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            yield (
+                i,
+                j,
+                xp[
+                    :,
+                    i * dh : i * dh + (oh - 1) * sh + 1 : sh,
+                    j * dw : j * dw + (ow - 1) * sw + 1 : sw,
+                    :,
+                ],
+            )
+
+
+def _weight_grad(x, g, kernel, strides, padding, dilation, groups, precision):
+    """d(loss)/d(kernel), phrased as forward ops (dead code when the kernel is constant).
+
+    ``dw[i, j] = sum_nhw xpad[n, h*sh + i*dh, w*sw + j*dw, :]^T g[n, h, w, :]`` per group.
+    Why: the backward-filter convolution autodiff derives runs 10-17x slower inside
+    ``lax.scan`` on XLA:CPU (MAP's DDIM chain trains its score network through one), while a
+    canonical forward convolution, or one matrix product per tap (1x1 and grouped kernels),
+    runs at full speed in or out of a loop.
+    """
+    n, oh, ow, c_out = g.shape
+    if groups == 1 and kernel != (1, 1):
+        # One forward convolution in canonical NHWC/HWIO form: the input with batch and
+        # channels swapped, correlated with the output gradient as kernel (its taps spaced by
+        # the stride), then cropped to the kernel's extent. A single op keeps unrolled
+        # programs (MAP's DDIM chain) small where per-tap products would multiply them.
+        out = jax.lax.conv_general_dilated(
+            jnp.transpose(x, (3, 1, 2, 0)),
+            jnp.transpose(g, (1, 2, 0, 3)).astype(x.dtype),
+            window_strides=dilation,
+            padding=padding,
+            rhs_dilation=strides,
+            dimension_numbers=_DIMS,
+            precision=precision,
+        )
+        return jnp.transpose(out[:, : kernel[0], : kernel[1], :], (1, 2, 0, 3))
+    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    ig, og = x.shape[-1] // groups, c_out // groups
+    gg = g.reshape(n, oh, ow, groups, og)
+    taps = [
+        jnp.einsum(
+            "nhwgc,nhwgo->cgo",
+            win.reshape(n, oh, ow, groups, ig),
+            gg,
+            precision=precision,
+        ).reshape(ig, c_out)
+        for _, _, win in _windows(xp, kernel, strides, dilation, (oh, ow))
+    ]
+    return jnp.stack(taps).reshape(*kernel, ig, c_out)
 
 
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
@@ -163,21 +217,10 @@ def conv2d(
 
 def _slices(xp, taps, strides, dilation, out_hw):
     """sum_ij xp[:, h*sh + i*dh, w*sw + j*dw, :] * taps[i, j] over an already padded input."""
-    kh, kw = taps.shape[0], taps.shape[1]
-    (sh, sw), (dh, dw), (oh, ow) = strides, dilation, out_hw
     y = None
-    for i in range(kh):
-        for j in range(kw):
-            term = (
-                xp[
-                    :,
-                    i * dh : i * dh + (oh - 1) * sh + 1 : sh,
-                    j * dw : j * dw + (ow - 1) * sw + 1 : sw,
-                    :,
-                ]
-                * taps[i, j]
-            )
-            y = term if y is None else y + term
+    for i, j, win in _windows(xp, taps.shape[:2], strides, dilation, out_hw):
+        term = win * taps[i, j]
+        y = term if y is None else y + term
     return y
 
 
@@ -219,9 +262,9 @@ def _dilate(g: jax.Array, strides: tuple[int, int]) -> jax.Array:
 def _depthwise_bwd(strides, padding, dilation, res, g):
     x, taps = res
     kh, kw = taps.shape[0], taps.shape[1]
-    pull = jax.vjp(lambda x_, t: _dw_forward(x_, t, strides, padding, dilation), x, taps)[1]
     if g.shape[1] == g.shape[2] == 1 and dilation == (1, 1):
-        # The single-window einsum: its autodiff input gradient is one broadcast product.
+        # The single-window einsum: its autodiff gradients are one broadcast product each.
+        pull = jax.vjp(lambda x_, t: _dw_forward(x_, t, strides, padding, dilation), x, taps)[1]
         return pull(g)
     (plo_h, phi_h), (plo_w, phi_w) = [
         input_grad_padding(
@@ -242,9 +285,15 @@ def _depthwise_bwd(strides, padding, dilation, res, g):
     ]
     flipped = jnp.flip(taps, axis=(0, 1))
     dx = _slices(gp, flipped.astype(g.dtype), (1, 1), dilation, x.shape[1:3])
-    # Taps gradient as autodiff derives it (dead code when the taps are constants).
-    _, dtaps = pull(g)
-    return dx.astype(x.dtype), dtaps
+    # Taps gradient: one per-channel reduction per tap (dead code when the taps are constant).
+    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    dtaps = jnp.stack(
+        [
+            jnp.einsum("nhwc,nhwc->c", win, g)
+            for _, _, win in _windows(xp, (kh, kw), strides, dilation, g.shape[1:3])
+        ]
+    ).reshape(kh, kw, -1)
+    return dx.astype(x.dtype), dtaps.astype(taps.dtype)
 
 
 _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
