@@ -6,11 +6,14 @@ two ways in the same process, at the same float32 precision:
 * ``autodiff``: ``lax.conv_general_dilated`` and the shifted-slice depthwise differentiated by
   JAX itself (the backward-input convolutions XLA derives);
 * ``custom``: jaxcloak's ``conv2d`` / ``depthwise_conv2d``, whose input gradient is an
-  ordinary forward convolution with the transposed, flipped kernel.
+  ordinary forward convolution with the transposed, flipped kernel (and whose weight
+  gradient is phrased as forward ops too).
 
 Workloads: a 4-layer 3x3 conv stack (outside any loop, and per step inside a ``lax.scan`` of
-gradient steps, the shape of every attack), and the real SFace graph from the ONNX converter
-and MobileFaceNet (Flax) per step inside a scan, at batch 1 and 9 (FaceCloak's nine views).
+gradient steps, the shape of every attack; ``train``: gradient steps on its *weights* in a
+scan, the shape of MAP's training through its DDIM chain), and the real SFace graph from the
+ONNX converter and MobileFaceNet (Flax) per step inside a scan, at batch 1 and 9 (FaceCloak's
+nine views).
 Compile time apart (AOT), then warm-up and medians (``benchmarks/timing.py``).
 
   python benchmarks/bench_conv.py                     # all rows (a few minutes on 2 cores)
@@ -106,13 +109,18 @@ def scan_steps(loss, x0, steps: int):
     return jax.lax.scan(body, x0, None, length=steps)[0]
 
 
-def stack_loss(batch: int, channels: int = 32, side: int = 56):
-    keys = jax.random.split(jax.random.key(0), 5)
-    ws = [jax.random.normal(k, (3, 3, channels, channels)) * 0.06 for k in keys[:4]]
-    x0 = jax.random.normal(keys[4], (batch, side, side, channels))
+def stack_weights(channels: int = 32) -> list[jax.Array]:
+    keys = jax.random.split(jax.random.key(0), 4)
+    return [jax.random.normal(k, (3, 3, channels, channels)) * 0.06 for k in keys]
 
-    def loss(x, conv):
-        for w in ws:
+
+def stack_loss(batch: int, channels: int = 32, side: int = 56):
+    """A 4-layer 3x3 conv stack's loss; ``loss(x, conv, ws)`` differentiates in x or ws."""
+    x0 = jax.random.normal(jax.random.key(5), (batch, side, side, channels))
+    default = stack_weights(channels)
+
+    def loss(x, conv, ws=None):
+        for w in default if ws is None else ws:
             x = jax.nn.relu(conv(x, w, (1, 1), ((1, 1), (1, 1)), precision=layers._PRECISION))
         return jnp.sum(x)
 
@@ -168,8 +176,8 @@ def main() -> None:
     p.add_argument(
         "--rows",
         nargs="+",
-        default=["stack", "sface", "mobile"],
-        choices=["stack", "sface", "mobile"],
+        default=["stack", "train", "sface", "mobile"],
+        choices=["stack", "train", "sface", "mobile"],
     )
     p.add_argument("--batches", nargs="+", type=int, default=[1, 9])
     p.add_argument("--steps", type=int, default=4, help="gradient steps per scan")
@@ -198,6 +206,23 @@ def main() -> None:
 
             out += time_row(f"3x3 stack b{b}, no loop", outside, 1, a.repeats, log)
             out += time_row(f"3x3 stack b{b}, in scan", inside, a.steps, a.repeats, log)
+        if "train" in a.rows:
+            loss, x0 = stack_loss(b)
+
+            def train(kind, loss=loss, x0=x0):
+                conv = layers.conv2d if kind == "custom" else plain_conv2d
+                ws0 = stack_weights()
+
+                def fit(ws):
+                    def body(ws, _):
+                        g = jax.grad(lambda ws: loss(x0, conv, ws))(ws)
+                        return jax.tree.map(lambda w, d: w - 1e-3 * jnp.sign(d), ws, g), None
+
+                    return jax.lax.scan(body, ws, None, length=a.steps)[0]
+
+                return fit, (ws0,)
+
+            out += time_row(f"3x3 stack b{b}, train in scan", train, a.steps, a.repeats, log)
         for net in ("sface", "mobile"):
             if net not in a.rows:
                 continue
