@@ -11,9 +11,10 @@ convolution that autodiff derives (kernel layout ``01oi``) through a slow generi
 of the fused kernels forward convolutions get; a small 3x3 stack ran about 5x slower per step
 in a scan than outside one (``benchmarks/bench_conv.py``). The same arithmetic phrased as a
 forward convolution with an HWIO kernel runs at forward speed. The backward-filter
-convolution has the same problem (10-17x slower in a scan), so the *weight* gradient is one
-matrix product per kernel tap (only needed when training, e.g. MAP's score network; XLA
-removes it when the weights are constants, as in every FaceCloak attack).
+convolution has the same problem (10-17x slower in a scan), so the *weight* gradient is a
+canonical forward convolution, or one matrix product per tap for 1x1 and grouped kernels
+(only needed when training, e.g. MAP's score network; XLA removes it when the weights are
+constants, as in every FaceCloak attack).
 
 All arrays are channel-last: inputs NHWC, kernels HWIO, depthwise taps (kh, kw, C).
 """
