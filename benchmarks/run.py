@@ -731,10 +731,10 @@ def map_inputs(size: Size) -> dict:
 HAPPY = 3  # fer_xception.EMOTIONS.index("happy")
 
 
-def worker_map_jax(row: dict, inputs: dict) -> dict:
+def jax_map_step(variant: str, n_train: int, inputs: dict):
+    """The JAX MAP step and its arguments: ``(step, config, (state, batch, args))``."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
     from torch_reference.map_step import shared_score_net
 
     from jaxcloak.attacks.map import MapBatch, MapInputs, init_state, make_map_step
@@ -742,9 +742,8 @@ def worker_map_jax(row: dict, inputs: dict) -> dict:
     from jaxcloak.map_run import fer_expression_loss
     from jaxcloak.nets import fer_xception
 
-    _jax_setup(row)
-    config = map_config(row["n_train"])
-    net = shared_score_net(row["variant"], seed=0, zero_out=True)
+    config = map_config(n_train)
+    net = shared_score_net(variant, seed=0, zero_out=True)
     embed, fr_params = surrogate("sface", "jax")
     step = make_map_step(net.eps_fn, make_schedule(), embed, fer_expression_loss(), config)
     state = init_state(jax.tree.map(jnp.copy, net.params), config, jax.random.PRNGKey(0))
@@ -752,6 +751,15 @@ def worker_map_jax(row: dict, inputs: dict) -> dict:
     args = MapInputs(
         fr_params, jnp.asarray(inputs["target"]), fer_xception.load_fer(), jnp.asarray(HAPPY), None
     )
+    return step, config, (state, batch, args)
+
+
+def worker_map_jax(row: dict, inputs: dict) -> dict:
+    import jax
+    import numpy as np
+
+    _jax_setup(row)
+    step, config, (state, batch, args) = jax_map_step(row["variant"], row["n_train"], inputs)
     t0 = time.perf_counter()
     compiled = step.lower(state, batch, args).compile()
     compile_s = time.perf_counter() - t0

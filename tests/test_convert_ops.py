@@ -1844,7 +1844,8 @@ def _trunk_model(opset: int = 13) -> tuple[onnx.ModelProto, dict[str, np.ndarray
     """A small conv trunk with every kind of op the channel-last pass handles or hands back:
     Conv, BatchNormalization, PRelu (per-channel and (C,1,1) slopes), a residual Add, Mul by
     an NCHW-shaped (1,C,1,1) constant and by a (W,) row, Sigmoid, Dropout, a depthwise conv,
-    MaxPool (run NCHW), a second output taken mid-trunk, then Flatten -> Gemm."""
+    squeeze-excite gating by GlobalAveragePool, AveragePool concatenated on the channel axis,
+    MaxPool, a second output taken mid-trunk, then Flatten -> Gemm."""
     c = 4
     inputs = {"x": rnd(2, 3, 9, 9, seed=1)}
     inits = {
@@ -1853,7 +1854,7 @@ def _trunk_model(opset: int = 13) -> tuple[onnx.ModelProto, dict[str, np.ndarray
         "m": rnd(c, seed=6), "v": rnd(c, lo=0.5, hi=1.5, seed=7),
         "slope": rnd(c, 1, 1, seed=8), "w2": rnd(c, c, 3, 3, seed=9),
         "gate": rnd(1, c, 1, 1, seed=10), "row": rnd(9, seed=11),
-        "wd": rnd(c, 1, 3, 3, seed=12), "wg": rnd(c * 4 * 4, 5, seed=13),
+        "wd": rnd(c, 1, 3, 3, seed=12), "wg": rnd(2 * c * 4 * 4, 5, seed=13),
         "bg": rnd(5, seed=14),
     }  # fmt: skip
     nodes = [
@@ -1867,7 +1868,11 @@ def _trunk_model(opset: int = 13) -> tuple[onnx.ModelProto, dict[str, np.ndarray
         node("Sigmoid", ["g2"], ["sg"]),
         node("Dropout", ["sg"], ["d"]),
         node("Conv", ["d", "wd"], ["dw"], group=c, pads=[1, 1, 1, 1], strides=[2, 2]),
-        node("MaxPool", ["dw"], ["mp"], kernel_shape=[2, 2], strides=[1, 1]),
+        node("GlobalAveragePool", ["dw"], ["se"]),
+        node("Mul", ["dw", "se"], ["dwg"]),
+        node("AveragePool", ["dwg"], ["ap"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        node("Concat", ["dwg", "ap"], ["cat"], axis=1),
+        node("MaxPool", ["cat"], ["mp"], kernel_shape=[2, 2], strides=[1, 1]),
         node("Flatten", ["mp"], ["f"]),
         node("Gemm", ["f", "wg", "bg"], ["y"]),
     ]
@@ -1904,7 +1909,7 @@ def test_channel_last_trunk_gradient_matches_channel_first(monkeypatch):
 
 def test_channel_last_leaves_no_transposes_between_layers():
     """In the trunk, activations are transposed only where it leaves channel-last ops:
-    into the first conv, before MaxPool (run NCHW) and for the mid-trunk graph output."""
+    into the first conv, at Flatten and for the mid-trunk graph output."""
     if jax.default_backend() != "cpu":
         pytest.skip("the channel-last pass runs on CPU")
     model, inputs = _trunk_model()
@@ -1919,3 +1924,236 @@ def test_channel_last_leaves_no_transposes_between_layers():
         and len(e.invars[0].aval.shape) == 4
     ]
     assert len(moved) == 3, [e.invars[0].aval.shape for e in moved]
+
+
+POOL_CASES = [
+    ("max_k3_s2_ceil", "MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
+    ("max_dilated_pads", "MaxPool",
+     {"kernel_shape": [2, 2], "dilations": [2, 2], "pads": [1, 0, 1, 1]}),
+    ("avg_pads_excl", "AveragePool", {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}),
+    ("avg_pads_incl_ceil", "AveragePool",
+     {"kernel_shape": [3, 2], "strides": [2, 2], "pads": [1, 0, 0, 1], "count_include_pad": 1,
+      "ceil_mode": 1}),
+    ("global_avg", "GlobalAveragePool", {}),
+    ("global_max", "GlobalMaxPool", {}),
+    ("concat_c", "Concat", {"axis": 1}),
+    ("concat_h", "Concat", {"axis": 2}),
+    ("concat_w_neg", "Concat", {"axis": -1}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "op", "attrs"), POOL_CASES, ids=ids(POOL_CASES))
+def test_channel_last_pooling_and_concat(case, op, attrs, monkeypatch):
+    """Pooling and Concat on a conv's output run channel-last (not handed back NCHW) and
+    match ONNX Runtime; two different convs feed Concat."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the channel-last pass runs on CPU")
+    import jaxcloak.convert.onnx.graph as graph_mod
+    from jaxcloak.convert.onnx import layout
+
+    inputs = {"x": rnd(2, 3, 8, 7, seed=21)}
+    inits = {"w": rnd(4, 3, 1, 1, seed=22)}
+    nodes = [node("Conv", ["x", "w"], ["c"])]
+    if op == "Concat":
+        inits["w2"] = rnd(4, 3, 3, 3, seed=23)
+        nodes += [
+            node("Conv", ["x", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+            node(op, ["c", "c2"], ["p"], **attrs),
+        ]
+    else:
+        nodes.append(node(op, ["c"], ["p"], **attrs))
+    nodes.append(node("Relu", ["p"], ["y"]))
+    model = make_model(nodes, inputs, ["y"], inits, opset=13)
+    handled: dict[str, bool] = {}
+
+    def spy(op_type, *a):
+        out = layout.run_channel_last(op_type, *a)
+        handled[op_type] = out is not None
+        return out
+
+    monkeypatch.setattr(graph_mod, "run_channel_last", spy)
+    assert_match(run_jax(model, [inputs["x"]]), run_ort(model, inputs))
+    assert handled[op], f"{op} was handed back NCHW"
+
+
+# --------------------------------------------------------------------------------------------
+# Conv -> BatchNormalization folding (convert/onnx/fold.py)
+# --------------------------------------------------------------------------------------------
+
+
+def _bn_inits(c: int, seed: int) -> dict[str, np.ndarray]:
+    return {
+        f"g{seed}": rnd(c, lo=0.5, hi=1.5, seed=seed),
+        f"b{seed}": rnd(c, seed=seed + 1),
+        f"m{seed}": rnd(c, seed=seed + 2),
+        f"v{seed}": rnd(c, lo=0.2, hi=2.0, seed=seed + 3),
+    }
+
+
+def _bn(x: str, y: str, seed: int, **attrs: Any) -> onnx.NodeProto:
+    return node(
+        "BatchNormalization", [x, f"g{seed}", f"b{seed}", f"m{seed}", f"v{seed}"], [y], **attrs
+    )
+
+
+def _fold_model() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Three Conv -> BN pairs that fold (biased, unbiased, depthwise strided) and two that
+    must not: a conv whose output is also a graph output, and one read by two nodes."""
+    c = 4
+    inputs = {"x": rnd(2, 3, 9, 9, seed=31)}
+    inits = {"w1": rnd(c, 3, 3, 3, seed=32), "c1b": rnd(c, seed=33), "w2": rnd(c, c, 1, 1, seed=34)}
+    inits |= {
+        "wd": rnd(c, 1, 3, 3, seed=35),
+        "w4": rnd(c, c, 3, 3, seed=36),
+        "w5": rnd(c, c, 1, 1, seed=37),
+    }
+    for k in (40, 50, 60, 70, 80):
+        inits |= _bn_inits(c, k)
+    nodes = [
+        node("Conv", ["x", "w1", "c1b"], ["c1"], pads=[1, 1, 1, 1]),
+        _bn("c1", "n1", 40, epsilon=1e-3),
+        node("Relu", ["n1"], ["r1"]),
+        node("Conv", ["r1", "w2"], ["c2"]),
+        _bn("c2", "n2", 50),
+        node("Conv", ["n2", "wd"], ["c3"], group=c, strides=[2, 2], pads=[1, 1, 1, 1]),
+        _bn("c3", "n3", 60),
+        node("Conv", ["n3", "w4"], ["c4"], pads=[1, 1, 1, 1]),  # also a graph output
+        _bn("c4", "n4", 70),
+        node("Conv", ["n4", "w5"], ["c5"]),  # read by the BN and by Add
+        _bn("c5", "n5", 80),
+        node("Add", ["n5", "c5"], ["y"]),
+    ]
+    return make_model(nodes, inputs, ["y", "c4"], inits, opset=15), inputs
+
+
+def test_batchnorm_folded_into_conv_matches_ort():
+    model, inputs = _fold_model()
+    apply_fn, params = convert(model)
+    kinds = [s.node.op_type for s in apply_fn._steps]
+    assert kinds.count("BatchNormalization") == 2, kinds  # the two unfoldable ones stay
+    assert kinds.count("Conv") == 5
+    for k in (40, 50, 60):
+        assert not any(name.endswith(str(k)) for name in params), sorted(params)
+    assert {"w1", "c1b", "w2", "wd"}.isdisjoint(params)
+    assert {"w4", "w5", "g70", "g80"} <= set(params)
+    assert_match(run_jax(model, [inputs["x"]], jit=True), run_ort(model, inputs))
+
+
+def test_batchnorm_fold_keeps_function_and_gradient():
+    """Folded and unfolded conversions: same outputs and input gradients up to float32
+    rounding (within 1e-5 of each tensor's largest entry), and the folded graph exported for
+    the cache converts back to the same function."""
+    import jax.numpy as jnp
+
+    model, inputs = _fold_model()
+    folded, p_fold = convert(model)
+    plain, p_plain = convert(model, fold_batchnorm=False)
+    assert [s.node.op_type for s in plain._steps].count("BatchNormalization") == 5
+    x = jnp.asarray(inputs["x"])
+
+    def grad(fn, p):
+        return jax.grad(lambda x: jnp.sum(fn(p, x)[0] ** 2))(x)
+
+    pairs = [*zip(folded(p_fold, x), plain(p_plain, x), strict=True)]
+    pairs.append((grad(folded, p_fold), grad(plain, p_plain)))
+    for a, b in pairs:
+        a, b = np.asarray(a), np.asarray(b)
+        assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
+    again, p_again = convert(folded.to_model(p_fold))
+    assert sorted(p_again) == sorted(p_fold)
+    for a, b in zip(again(p_again, x), folded(p_fold, x), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_batchnorm_not_folded_when_its_stats_are_inputs():
+    """A BN whose scale comes in at run time is not a constant affine map: left alone."""
+    c = 3
+    inputs = {"x": rnd(1, 2, 5, 5, seed=91), "g": rnd(c, lo=0.5, hi=1.5, seed=92)}
+    inits = {"w": rnd(c, 2, 3, 3, seed=93), "b": rnd(c, seed=94), "m": rnd(c, seed=95)}
+    inits["v"] = rnd(c, lo=0.5, hi=1.5, seed=96)
+    nodes = [
+        node("Conv", ["x", "w"], ["c"]),
+        node("BatchNormalization", ["c", "g", "b", "m", "v"], ["y"]),
+    ]
+    model = make_model(nodes, inputs, ["y"], inits, opset=15)
+    apply_fn, _ = convert(model)
+    assert [s.node.op_type for s in apply_fn._steps] == ["Conv", "BatchNormalization"]
+    assert_match(run_jax(model, list(inputs.values())), run_ort(model, inputs))
+
+
+# --------------------------------------------------------------------------------------------
+# prepared params (OnnxFunction.prepare)
+# --------------------------------------------------------------------------------------------
+
+
+def _prepare_model() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Conv, depthwise Conv, Gemm with transB=1, and a kernel also read by Mul (which must
+    stay in the ONNX layout)."""
+    c = 4
+    inputs = {"x": rnd(2, 3, 6, 6, seed=61), "s": rnd(c, c, 1, 1, seed=67)}
+    inits = {
+        "w1": rnd(c, 3, 3, 3, seed=62), "wd": rnd(c, 1, 3, 3, seed=63),
+        "ws": rnd(c, c, 1, 1, seed=64), "wg": rnd(7, c * 6 * 6, seed=65), "bg": rnd(7, seed=66),
+    }  # fmt: skip
+    nodes = [
+        node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        node("Conv", ["c1", "wd"], ["c2"], group=c, pads=[1, 1, 1, 1]),
+        node("Conv", ["c2", "ws"], ["c3"]),
+        node("Mul", ["s", "ws"], ["wsq"]),
+        node("Flatten", ["c3"], ["f"]),
+        node("Gemm", ["f", "wg", "bg"], ["y"], transB=1),
+    ]
+    return make_model(nodes, inputs, ["y", "wsq"], inits, opset=13), inputs
+
+
+def test_prepared_params_compute_the_same():
+    model, inputs = _prepare_model()
+    fn, params = convert(model)
+    prepared = fn.prepare(params)
+    assert {"w1::hwio", "wd::hwio", "wg::t", "ws", "bg"} == set(prepared)
+    assert prepared["w1::hwio"].shape == (3, 3, 3, 4) and prepared["wg::t"].shape == (144, 7)
+    assert set(fn.prepare(prepared)) == set(prepared)  # idempotent
+    x = list(inputs.values())
+    for a, b in zip(jax.jit(fn)(prepared, *x), fn(params, *x), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+    _, p_again = convert(fn.to_model(prepared))  # the cache export takes either
+    assert set(p_again) == set(params)
+    for k, v in p_again.items():
+        np.testing.assert_array_equal(np.asarray(v), np.asarray(params[k]))
+
+
+def test_prepared_params_leave_no_weight_transposes_in_a_loop():
+    """The point of preparing: a scan over the converted function re-lays-out no weight on
+    each iteration (XLA cancels the layout round trip), while unprepared params do."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("prepared layouts are for the CPU's channel-last convolutions")
+    import re
+
+    import jax.numpy as jnp
+
+    model, inputs = _prepare_model()
+    fn, params = convert(model)
+    x, s = jnp.asarray(inputs["x"]), jnp.asarray(inputs["s"])
+
+    def weight_transposes(p) -> list[str]:
+        def run(p, x):
+            def body(x, _):
+                g = jax.grad(lambda x: jnp.sum(fn(p, x, s)[0] ** 2))(x)
+                return x - 1e-3 * g, None
+
+            return jax.lax.scan(body, x, None, length=3)[0]
+
+        hlo = jax.jit(run).lower(p, x).compile().as_text()
+        shapes = {tuple(np.shape(v)) for v in params.values() if np.ndim(v) >= 2}
+        shapes |= {tuple(np.shape(v)) for v in fn.prepare(params).values() if np.ndim(v) >= 2}
+        shapes |= {(h, w, c) for h, w, i, c in filter(lambda t: len(t) == 4, shapes) if i == 1}
+        found = []
+        for m in re.finditer(r"= f32\[([\d,]*)\]\S* (?:transpose|copy|fusion)\((.*)", hlo):
+            shape = tuple(int(d) for d in m.group(1).split(",") if d)
+            is_layout = "transpose" in m.group(0).split("=")[0] or "copy" in m.group(0)
+            if shape in shapes and is_layout:
+                found.append(m.group(0)[:80])
+        return found
+
+    assert weight_transposes(params), "the check must see the transposes it looks for"
+    assert not weight_transposes(fn.prepare(params))

@@ -170,9 +170,9 @@ def _toy_model() -> onnx.ModelProto:
 def test_toy_graph_matches_jaxcloak_converter():
     model = _toy_model()
     x = np.random.default_rng(3).standard_normal((2, 3, 8, 7)).astype(np.float32)
-    fn, params = convert(model)
+    fn, params = convert(model, fold_batchnorm=False)  # BatchNormalization handled as such
     ref = np.asarray(fn(params, x)[0])
-    module = OnnxTorch.from_onnx(model, requires_grad=False)
+    module = OnnxTorch.from_onnx(model, requires_grad=False, fold_batchnorm=False)
     with torch.no_grad():
         ours = module(torch.from_numpy(x)).numpy()
     assert ours.shape == ref.shape == (8, 5)

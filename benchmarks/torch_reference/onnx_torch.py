@@ -446,13 +446,18 @@ class OnnxTorch(nn.Module):
 
     @classmethod
     def from_onnx(
-        cls, model: onnx.ModelProto | str | os.PathLike, *, requires_grad: bool = True
+        cls,
+        model: onnx.ModelProto | str | os.PathLike,
+        *,
+        requires_grad: bool = True,
+        fold_batchnorm: bool = True,
     ) -> OnnxTorch:
-        """Fold ``model`` with jaxcloak's converter (dequantisation, constant subgraphs),
-        then build the module from the folded graph."""
+        """Fold ``model`` with jaxcloak's converter (dequantisation, constant subgraphs and,
+        by default, each Conv's BatchNormalization, as jaxcloak runs it), then build the
+        module from the folded graph."""
         from jaxcloak.convert.onnx.graph import convert
 
-        fn, params = convert(model)
+        fn, params = convert(model, fold_batchnorm=fold_batchnorm)
         return cls(fn.to_model(params), requires_grad=requires_grad)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:

@@ -20,7 +20,7 @@ from ..io.atomic import atomic_write, atomic_write_json
 from .onnx import OnnxFunction, convert
 
 # Bump when conversion output changes, so old cache entries are ignored.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: Conv -> BatchNormalization pairs folded
 
 
 def home() -> Path:

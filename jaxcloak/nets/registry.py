@@ -481,4 +481,8 @@ def load(
     apply_fn, params, sha, hit = load_onnx_cached(src, name=name, use_cache=use_cache)
     if len(apply_fn.input_names) != 1:
         raise ValueError(f"{src}: a face model must have one input, got {apply_fn.input_names}")
+    if jax.default_backend() == "cpu":
+        # Kernels stored in the layout the CPU convolutions read, so attack loops do not
+        # re-lay-out every weight on every iteration (OnnxFunction.prepare).
+        params = apply_fn.prepare(params)
     return FaceRecognizer(spec, _make_embed(spec, apply_fn), params, src, sha, hit)

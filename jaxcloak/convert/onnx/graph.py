@@ -5,10 +5,12 @@ Conversion:
   2. every node whose inputs are all constants is evaluated now (constant folding); this
      dequantises int8 weights and folds shape-only subgraphs on constants (shape arithmetic
      on graph inputs runs in NumPy at trace time, so it never reaches the compiled program);
-  3. floating constants that feed the remaining nodes through a non-static input become
+  3. each inference BatchNormalization fed by a Conv alone is folded into that Conv's
+     weights (:mod:`.fold`);
+  4. floating constants that feed the remaining nodes through a non-static input become
      ``params`` (the weights: trainable, differentiable, passed as arguments so they are
      not baked into the compiled program); everything else stays a static constant;
-  4. graph inputs that nothing consumes (SFace declares 29) are dropped.
+  5. graph inputs that nothing consumes (SFace declares 29) are dropped.
 
 Any op, op version or attribute we cannot run faithfully raises: never a silent guess.
 """
@@ -28,10 +30,15 @@ from onnx import defs, numpy_helper
 from onnx import helper as onnx_helper
 
 from .errors import ConversionError, UnsupportedOpError
+from .fold import fold_batchnorm as fold_conv_batchnorm
 from .layout import nchw, run_channel_last
 from .ops import MAX_OP_VERSION, OPS, Node, is_static
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
+
+# A param held pre-laid-out by OnnxFunction.prepare: key suffix -> the permutation that gives
+# the stored array from the ONNX one (its inverse gives the ONNX array back).
+PRELAID = {"::hwio": (2, 3, 1, 0), "::t": (1, 0)}
 
 
 def _attr_value(attr: onnx.AttributeProto) -> Any:
@@ -143,7 +150,13 @@ class OnnxFunction:
                 f"expected {len(self.input_names)} inputs {self.input_names}, got {len(inputs)}"
             )
         env: dict[str, Any] = dict(self._constants)
-        env.update(params)
+        for name, value in params.items():
+            base, tag = _split_prelaid(name)
+            if tag:
+                # The ONNX layout back; the consumer's own transpose into the same stored
+                # layout then cancels with this one when XLA simplifies the program.
+                value = jnp.transpose(value, np.argsort(PRELAID[tag]))
+            env[base] = value
         # Inputs are runtime values even when given as NumPy: only constants are folded.
         env.update(zip(self.input_names, map(jnp.asarray, inputs), strict=True))
         channel_last = jax.default_backend() == "cpu"
@@ -151,10 +164,43 @@ class OnnxFunction:
             env.update(zip(step.outputs, step.run(env, channel_last), strict=False))
         return tuple(jnp.asarray(nchw(env[name])) for name in self.output_names)
 
+    def prepare(self, params: Mapping[str, Any]) -> dict[str, jax.Array]:
+        """``params`` with Conv kernels stored HWIO and ``transB`` Gemm weights transposed.
+
+        ``fn(fn.prepare(params), x)`` computes the same as ``fn(params, x)``, but on CPU, where
+        the converted Convs run channel-last (HWIO kernels), no weight is re-laid-out per
+        call: a step in ``lax.scan`` otherwise transposes every kernel on every iteration
+        (XLA does not hoist transposes out of loops), which took a third of SFace's
+        FaceCloak step. A weight is re-laid-out only if every node reading it wants the same
+        layout; its key gains a suffix (``w`` -> ``w::hwio``), so gradients with respect to
+        prepared params are in the prepared layout. Idempotent.
+        """
+        wants: dict[str, set[str]] = {}
+        for step in self._steps:
+            for k, name in enumerate(step.inputs):
+                if name not in params:
+                    continue
+                tag = None
+                if k == 1 and step.node.op_type == "Conv" and np.ndim(params[name]) == 4:
+                    tag = "::hwio"
+                elif k == 1 and step.node.op_type == "Gemm" and step.node.attr("transB", 0):
+                    tag = "::t"
+                wants.setdefault(name, set()).add(tag)
+        out: dict[str, jax.Array] = {}
+        for name, value in params.items():
+            tags = wants.get(name, {None})
+            tag = next(iter(tags)) if len(tags) == 1 else None
+            if tag is None:
+                out[name] = value
+            else:
+                out[name + tag] = jnp.transpose(jnp.asarray(value), PRELAID[tag])
+        return out
+
     def to_model(self, params: Mapping[str, Any]) -> onnx.ModelProto:
         """The folded graph as ONNX: only the nodes left to run, params and constants as
         initialisers. Converting it again gives the same function with nothing to fold,
         which is what the model cache stores."""
+        params = _unprepared(params)
         inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in params.items()]
         inits += [numpy_helper.from_array(np.asarray(v), k) for k, v in self._constants.items()]
         graph = onnx_helper.make_graph(
@@ -175,6 +221,22 @@ class OnnxFunction:
         )
 
 
+def _split_prelaid(name: str) -> tuple[str, str]:
+    for tag in PRELAID:
+        if name.endswith(tag):
+            return name[: -len(tag)], tag
+    return name, ""
+
+
+def _unprepared(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Params in the ONNX layout, whether or not they went through ``prepare``."""
+    out = {}
+    for name, value in params.items():
+        base, tag = _split_prelaid(name)
+        out[base] = np.transpose(np.asarray(value), np.argsort(PRELAID[tag])) if tag else value
+    return out
+
+
 def _default_opset(model: onnx.ModelProto) -> int:
     for imp in model.opset_import:
         if imp.domain in _DEFAULT_DOMAINS:
@@ -183,7 +245,10 @@ def _default_opset(model: onnx.ModelProto) -> int:
 
 
 def convert(
-    model: onnx.ModelProto | str | os.PathLike, *, allow_unused_weights: bool = False
+    model: onnx.ModelProto | str | os.PathLike,
+    *,
+    allow_unused_weights: bool = False,
+    fold_batchnorm: bool = True,
 ) -> tuple[OnnxFunction, dict[str, jax.Array]]:
     """Convert an ONNX model into ``(apply_fn, params)``.
 
@@ -191,6 +256,8 @@ def convert(
       model: a loaded ``onnx.ModelProto`` or the path of an ``.onnx`` file.
       allow_unused_weights: by default a floating initialiser that no node consumes raises,
         since it usually means a graph was truncated or mis-exported.
+      fold_batchnorm: absorb each inference BatchNormalization into the Conv that alone
+        feeds it (see :mod:`.fold`); the folded weights replace the originals in ``params``.
 
     Returns:
       ``apply_fn(params, *inputs) -> tuple`` (pure; jit, grad and vmap it freely) and
@@ -208,14 +275,16 @@ def convert(
         except Exception as e:
             raise ConversionError(f"cannot read ONNX model {os.fspath(model)!r}: {e}") from e
     try:
-        return _convert(model, allow_unused_weights)
+        return _convert(model, allow_unused_weights, fold_batchnorm)
     except ConversionError as e:
         if where and where not in str(e):
             e.args = (f"{e.args[0]}{where}",)
         raise
 
 
-def _convert(model: onnx.ModelProto, allow_unused_weights: bool) -> tuple[OnnxFunction, dict]:
+def _convert(
+    model: onnx.ModelProto, allow_unused_weights: bool, fold_batchnorm: bool
+) -> tuple[OnnxFunction, dict]:
     opset = _default_opset(model)
     graph = model.graph
     consts: dict[str, np.ndarray] = {}
@@ -269,6 +338,11 @@ def _convert(model: onnx.ModelProto, allow_unused_weights: bool) -> tuple[OnnxFu
                     consts[name] = _as_constant(value)
             continue
         remaining.append(step)
+    if fold_batchnorm:
+        remaining = fold_conv_batchnorm(
+            remaining, consts, graph_outputs, lambda proto: _Step(proto, opset)
+        )
+    for step in remaining:
         for k, name in enumerate(step.inputs):
             if name in consts:
                 (static_uses if k in step.spec.static_inputs else dynamic_uses).add(name)

@@ -5,10 +5,14 @@ own means a transpose into NHWC before it and one back after it, and in a conv n
 transposes (and the copies around the elementwise ops between them) took most of a SFace
 gradient step. Instead, while the graph runs, a 4-D activation that a convolution produced
 stays channel-last, wrapped in :class:`ChannelLast`, through every op that does not care
-about the axis order: elementwise ops (their other operands are re-broadcast to NHWC),
-BatchNormalization, Dropout. Anything else receives the ordinary NCHW array (one transpose,
-where the graph leaves the conv trunk, e.g. at Flatten). Graph outputs are always NCHW, so
-the converted function computes exactly what the ONNX graph specifies.
+about the axis order, or whose axes can be renamed: elementwise ops (their other operands are
+re-broadcast to NHWC), BatchNormalization, Dropout, max/average/global pooling, and Concat
+(its axis moved to the NHWC position). Anything else receives the ordinary NCHW array (one
+transpose, where the graph leaves the conv trunk, e.g. at Flatten: permuting the following
+Gemm's weights instead would cost more than that one activation transpose at small batch,
+and would leave ``params`` no longer laid out as the ONNX tensors they are named after).
+Graph outputs are always NCHW, so the converted function computes exactly what the ONNX graph
+specifies.
 
 Only traced values are ever wrapped; constant folding never sees a :class:`ChannelLast`.
 """
@@ -26,11 +30,18 @@ from .ops import conv_channel_last
 
 __all__ = [
     "ELEMENTWISE",
+    "POOLING",
     "ChannelLast",
     "nchw",
     "run_channel_last",
     "to_channel_last",
 ]
+
+# Ops whose handler takes ``channel_last=True`` for N...C data.
+POOLING = frozenset({"AveragePool", "GlobalAveragePool", "GlobalMaxPool", "MaxPool"})
+
+# Where each NCHW axis sits in NHWC.
+_NHWC_AXIS = (0, 3, 1, 2)
 
 # Ops applied entry by entry with ONNX (NumPy-style) broadcasting, whose meaning does not
 # depend on axis order once every operand is laid out the same way.
@@ -119,6 +130,14 @@ def run_channel_last(
         return (ChannelLast(conv_channel_last(node, x, *args[1:])),)
     if op_type == "Dropout" and isinstance(args[0], ChannelLast) and node.n_outputs == 1:
         return (ChannelLast(handler(node, args[0].a, *args[1:])),)
+    if op_type in POOLING and isinstance(args[0], ChannelLast) and node.n_outputs == 1:
+        return (ChannelLast(handler(node, args[0].a, channel_last=True)),)
+    if op_type == "Concat" and all(isinstance(a, ChannelLast) for a in args if a is not None):
+        axis = _NHWC_AXIS[node.attr("axis") % 4]
+        xs = [a.a for a in args if a is not None]
+        if not xs:
+            return None
+        return (ChannelLast(jnp.concatenate(xs, axis=axis)),)
     if op_type == "BatchNormalization" and isinstance(args[0], ChannelLast) and len(args) >= 5:
         if node.attr("training_mode", 0):
             return None  # the handler raises its own clear error

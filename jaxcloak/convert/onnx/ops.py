@@ -598,7 +598,9 @@ def conv_channel_last(node: Node, x: jax.Array, w: Value, b: Value = None) -> ja
     ):
         # XLA:CPU's grouped-conv path is slow; the shifted-slices form made SFace's forward
         # about 3x and its backward about 2x faster on CPU (benchmarks/bench_convert.py).
-        taps = jnp.transpose(w[:, 0], (1, 2, 0))  # (C, 1, kh, kw) -> (kh, kw, C)
+        # (C, 1, kh, kw) -> (kh, kw, 1, C) -> (kh, kw, C): transposing first lets XLA cancel
+        # this with the inverse transpose of a prepared (HWIO) kernel (OnnxFunction.prepare).
+        taps = jnp.transpose(w, (2, 3, 1, 0))[:, :, 0, :]
         y = depthwise_conv2d(x, taps, strides, dil, pads)
     else:
         y = conv2d(x, jnp.transpose(w, (2, 3, 1, 0)), strides, pads, dil, g)
@@ -681,16 +683,18 @@ def conv_transpose(node: Node, x: Value, w: Value, b: Value = None) -> Value:
     return y if b is None else y + _bcast_channel(b, y.ndim)
 
 
-def _pool_geometry(node: Node, x: Value) -> tuple[list[int], list[int], list[int], list]:
-    n = x.ndim - 2
+def _pool_geometry(
+    node: Node, spatial: Sequence[int]
+) -> tuple[list[int], list[int], list[int], list]:
+    n = len(spatial)
     kernel = list(node.attr("kernel_shape"))
     strides = list(node.attr("strides", [1] * n))
     dil = list(node.attr("dilations", [1] * n))
-    pads = _spatial_pads(node, x.shape[2:], kernel, strides, dil)
+    pads = _spatial_pads(node, spatial, kernel, strides, dil)
     # ceil_mode adds end padding so the last partial window is kept, unless that window
     # would start inside the end padding (the rule torch and ONNX Runtime apply).
     extra = []
-    for size, k, s, d, (lo, hi) in zip(x.shape[2:], kernel, strides, dil, pads, strict=True):
+    for size, k, s, d, (lo, hi) in zip(spatial, kernel, strides, dil, pads, strict=True):
         span = size + lo + hi - ((k - 1) * d + 1)
         out = (-(-span // s) if node.attr("ceil_mode", 0) else span // s) + 1
         if node.attr("ceil_mode", 0) and (out - 1) * s >= size + lo:
@@ -699,34 +703,52 @@ def _pool_geometry(node: Node, x: Value) -> tuple[list[int], list[int], list[int
     return kernel, strides, dil, [(lo, hi, e) for (lo, hi), e in zip(pads, extra, strict=True)]
 
 
+def _spatial_axes(x: Value, channel_last: bool) -> tuple[int, ...]:
+    return tuple(range(1, x.ndim - 1)) if channel_last else tuple(range(2, x.ndim))
+
+
+def _window(channel_last: bool, spatial: Sequence[Any], fill: Any) -> tuple:
+    """A per-axis tuple for ``reduce_window``: ``spatial`` on the spatial axes, ``fill`` on
+    batch and channel (NC... or N...C)."""
+    return (fill, *spatial, fill) if channel_last else (fill, fill, *spatial)
+
+
 @op("MaxPool", min_version=8)
-def max_pool(node: Node, x: Value) -> Value:
+def max_pool(node: Node, x: Value, *, channel_last: bool = False) -> Value:
+    """``channel_last``: ``x`` is N...C (:mod:`.layout`); the result is laid out alike."""
     if node.n_outputs > 1:
         raise node.unsupported("the Indices output of MaxPool is not supported")
-    kernel, strides, dil, pads = _pool_geometry(node, x)
-    pad_cfg = [(0, 0), (0, 0)] + [(lo, hi + e) for lo, hi, e in pads]
+    spatial = [x.shape[a] for a in _spatial_axes(x, channel_last)]
+    kernel, strides, dil, pads = _pool_geometry(node, spatial)
     return lax.reduce_window(
         x,
         jnp.array(-jnp.inf, x.dtype),
         lax.max,
-        (1, 1, *kernel),
-        (1, 1, *strides),
-        pad_cfg,
-        window_dilation=(1, 1, *dil),
+        _window(channel_last, kernel, 1),
+        _window(channel_last, strides, 1),
+        _window(channel_last, [(lo, hi + e) for lo, hi, e in pads], (0, 0)),
+        window_dilation=_window(channel_last, dil, 1),
     )
 
 
 @op("AveragePool", min_version=7)
-def average_pool(node: Node, x: Value) -> Value:
-    kernel, strides, dil, pads = _pool_geometry(node, x)
-    pad_cfg = [(0, 0), (0, 0)] + [(lo, hi + e) for lo, hi, e in pads]
-    dims, strd, wdil = (1, 1, *kernel), (1, 1, *strides), (1, 1, *dil)
+def average_pool(node: Node, x: Value, *, channel_last: bool = False) -> Value:
+    """``channel_last``: ``x`` is N...C (:mod:`.layout`); the result is laid out alike."""
+    spatial = [x.shape[a] for a in _spatial_axes(x, channel_last)]
+    kernel, strides, dil, pads = _pool_geometry(node, spatial)
+    pad_cfg = _window(channel_last, [(lo, hi + e) for lo, hi, e in pads], (0, 0))
+    dims, strd = _window(channel_last, kernel, 1), _window(channel_last, strides, 1)
     total = lax.reduce_window(
-        x, jnp.array(0, x.dtype), lax.add, dims, strd, pad_cfg, window_dilation=wdil
+        x,
+        jnp.array(0, x.dtype),
+        lax.add,
+        dims,
+        strd,
+        pad_cfg,
+        window_dilation=_window(channel_last, dil, 1),
     )
     # Count of the cells each window covers: explicit pads count only with
     # count_include_pad=1; the ceil_mode extra never counts.
-    spatial = x.shape[2:]
     if node.attr("count_include_pad", 0):
         ones = np.ones(
             [s + lo + hi for s, (lo, hi, _) in zip(spatial, pads, strict=True)], np.float32
@@ -744,17 +766,19 @@ def average_pool(node: Node, x: Value) -> Value:
         ones_pad,
         window_dilation=tuple(dil),
     )
+    if channel_last:
+        count = count[..., None]
     return total / count.astype(x.dtype)
 
 
 @op("GlobalAveragePool")
-def global_average_pool(node: Node, x: Value) -> Value:
-    return jnp.mean(x, axis=tuple(range(2, x.ndim)), keepdims=True)
+def global_average_pool(node: Node, x: Value, *, channel_last: bool = False) -> Value:
+    return jnp.mean(x, axis=_spatial_axes(x, channel_last), keepdims=True)
 
 
 @op("GlobalMaxPool")
-def global_max_pool(node: Node, x: Value) -> Value:
-    return jnp.max(x, axis=tuple(range(2, x.ndim)), keepdims=True)
+def global_max_pool(node: Node, x: Value, *, channel_last: bool = False) -> Value:
+    return jnp.max(x, axis=_spatial_axes(x, channel_last), keepdims=True)
 
 
 @op("Pad", min_version=11, static=(1, 3))
