@@ -80,6 +80,34 @@ def test_conv2d_matches_autodiff(cin, cout, kernel, stride, padding, dilation, g
 
 
 @pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "dilation", "groups", "hw"),
+    [
+        ((3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 1, (4, 5)),  # a ResNet's last stage
+        ((3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1), 1, (7, 6)),  # strided, odd/even sizes
+        ((3, 2), (2, 1), ((2, 0), (1, 1)), (2, 1), 2, (6, 5)),  # asymmetric, dilated, grouped
+    ],
+)
+def test_conv2d_deep_layers_flip_activations_not_kernel(
+    kernel, stride, padding, dilation, groups, hw
+) -> None:
+    """Where the kernel outweighs the activations, the input gradient flips the activations
+    (mirrored pads) instead of the kernel: the same gradients."""
+    cin, cout = 24, 32
+    kx, kw, kg = jax.random.split(jax.random.key(1), 3)
+    x = jax.random.normal(kx, (1, *hw, cin))
+    w = jax.random.normal(kw, (*kernel, cin // groups, cout))
+
+    def ours(x, w):
+        return conv2d(x, w, stride, padding, dilation, groups, HIGHEST)
+
+    def ref(x, w):
+        return _reference(x, w, stride, padding, dilation, groups)
+
+    assert w.size > ref(x, w).size + x.size  # the branch under test
+    _check(ours, ref, x, w, kg)
+
+
+@pytest.mark.parametrize(
     ("kernel", "stride", "padding", "dilation", "size"),
     [
         ((3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), (15, 14)),

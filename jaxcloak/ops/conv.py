@@ -4,7 +4,9 @@ Every convolution in jaxcloak (the Flax layers in :mod:`jaxcloak.nets.layers`, t
 converter's Conv, the depthwise fast path) goes through :func:`conv2d` or
 :func:`depthwise_conv2d`. Both are ``jax.custom_vjp`` functions whose *input* gradient is an
 ordinary forward convolution of the output gradient with the transposed, spatially flipped
-kernel, written out explicitly rather than left to autodiff.
+kernel, written out explicitly rather than left to autodiff (where the kernel holds more
+numbers than the activations, as in a ResNet's deep layers, the flip moves onto the
+activations instead: inside a loop the kernel flip is redone on every iteration).
 
 Why: inside ``lax.scan`` / ``while`` (every attack loop), XLA:CPU lowers the backward-input
 convolution that autodiff derives (kernel layout ``01oi``) through a slow generic path instead
@@ -68,12 +70,13 @@ def input_grad_padding(
     return lo, hi
 
 
-def _transposed_kernel(w: jax.Array, groups: int) -> jax.Array:
-    """HWIO kernel of the input-gradient convolution: per group, I and O swapped; flipped."""
+def _transposed_kernel(w: jax.Array, groups: int, flip: bool = True) -> jax.Array:
+    """HWIO kernel of the input-gradient convolution: per group, I and O swapped; flipped
+    spatially unless ``flip`` is false (the caller then flips the activations instead)."""
     kh, kw, ig, c_out = w.shape
     og = c_out // groups
     wt = w.reshape(kh, kw, ig, groups, og).transpose(0, 1, 4, 3, 2).reshape(kh, kw, og, groups * ig)
-    return jnp.flip(wt, axis=(0, 1))
+    return jnp.flip(wt, axis=(0, 1)) if flip else wt
 
 
 def _forward(x, w, strides, padding, dilation, groups, precision):
@@ -107,9 +110,20 @@ def _conv2d_bwd(strides, padding, dilation, groups, precision, res, g):
         )
         for a in range(2)
     )
+    # The spatial flip of the kernel can move onto the activations: correlating with a
+    # flipped kernel is flipping input and output and correlating with the kernel as is
+    # (pads mirrored). Inside an attack loop the kernel flip is redone on every iteration
+    # (XLA does not hoist it), which for the deep layers of a ResNet moves more bytes than
+    # the activations: flip whichever is smaller.
+    flip_acts = kh * kw > 1 and w.size > g.size + x.size
+    if flip_acts:
+        g = jnp.flip(g, axis=(1, 2))
+        pads = tuple((hi, lo) for lo, hi in pads)
+    # (Naming the kernel's axes HWOI instead of transposing it sends XLA:CPU down a slow
+    # path: IR-50's step took twice as long.)
     dx = jax.lax.conv_general_dilated(
         g,
-        _transposed_kernel(w, groups).astype(g.dtype),
+        _transposed_kernel(w, groups, flip=not flip_acts).astype(g.dtype),
         window_strides=(1, 1),
         padding=pads,
         lhs_dilation=strides,
@@ -118,6 +132,8 @@ def _conv2d_bwd(strides, padding, dilation, groups, precision, res, g):
         feature_group_count=groups,
         precision=precision,
     )
+    if flip_acts:
+        dx, g = jnp.flip(dx, axis=(1, 2)), jnp.flip(g, axis=(1, 2))
     dw = _weight_grad(x, g, (kh, kw), strides, padding, dilation, groups, precision)
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
