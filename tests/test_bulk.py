@@ -20,7 +20,7 @@ from jaxcloak.runtime import init_distributed, process_share
 from jaxcloak.samples import synthetic_photos
 from jaxcloak.stream import _read_jsonl, mask_name
 
-N_PHOTOS = 6
+N_PHOTOS = 10  # enough after the first batch that a kill lands mid-run
 # Cheapest real settings: the pipeline is under test here, not the mask's strength.
 ARGS = [
     "--identity",
@@ -58,8 +58,13 @@ def _compiled(stdout: str) -> int:
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("bulk_in")
-    for name, rgb in synthetic_photos(N_PHOTOS, seed=3, size=(220, 300), sources=("astronaut",)):
-        Image.fromarray(rgb).save(d / f"{name}.jpg", quality=92)
+    # Two small photos first (the batch the kill test waits for), then larger ones, so the run
+    # is still busy for a good while after the first batch lands: once the step got fast,
+    # six small photos finished within 0.1 s of the first two.
+    small = synthetic_photos(2, seed=3, size=(220, 300), sources=("astronaut",))
+    large = synthetic_photos(N_PHOTOS - 2, seed=4, size=(900, 1200), sources=("astronaut",))
+    for k, (_, rgb) in enumerate([*small, *large]):
+        Image.fromarray(rgb).save(d / f"photo-{k:02d}.jpg", quality=92)
     return d
 
 
@@ -81,7 +86,7 @@ def killed_and_resumed(photos, tmp_path_factory):
     deadline = time.monotonic() + 400
     while _done_lines(out / "manifest.jsonl") < 2 and proc.poll() is None:
         assert time.monotonic() < deadline, "first run made no progress"
-        time.sleep(0.2)
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     first = json.loads((out / "manifest.jsonl").read_text().splitlines()[1])["photo"]

@@ -2157,3 +2157,14 @@ def test_prepared_params_leave_no_weight_transposes_in_a_loop():
 
     assert weight_transposes(params), "the check must see the transposes it looks for"
     assert not weight_transposes(fn.prepare(params))
+
+
+def test_a_tensor_named_like_a_prepared_key_is_left_alone():
+    """An ONNX tensor whose own name ends in ``::t`` is not mistaken for a prepared key."""
+    inputs = {"x": rnd(2, 3, seed=71)}
+    inits = {"k::t": rnd(2, 3, seed=72), "k": rnd(2, 3, seed=73)}
+    nodes = [node("Add", ["x", "k::t"], ["a"]), node("Mul", ["a", "k"], ["y"])]
+    model = make_model(nodes, inputs, ["y"], inits, opset=13)
+    fn, params = convert(model)
+    assert set(fn.prepare(params)) == {"k::t", "k"}
+    assert_match(run_jax(model, [inputs["x"]]), run_ort(model, inputs))

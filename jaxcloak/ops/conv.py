@@ -116,13 +116,13 @@ def _conv2d_bwd(strides, padding, dilation, groups, precision, res, g):
     # (XLA does not hoist it), which for the deep layers of a ResNet moves more bytes than
     # the activations: flip whichever is smaller.
     flip_acts = kh * kw > 1 and w.size > g.size + x.size
+    g_in = jnp.flip(g, axis=(1, 2)) if flip_acts else g
     if flip_acts:
-        g = jnp.flip(g, axis=(1, 2))
         pads = tuple((hi, lo) for lo, hi in pads)
     # (Naming the kernel's axes HWOI instead of transposing it sends XLA:CPU down a slow
     # path: IR-50's step took twice as long.)
     dx = jax.lax.conv_general_dilated(
-        g,
+        g_in,
         _transposed_kernel(w, groups, flip=not flip_acts).astype(g.dtype),
         window_strides=(1, 1),
         padding=pads,
@@ -133,7 +133,7 @@ def _conv2d_bwd(strides, padding, dilation, groups, precision, res, g):
         precision=precision,
     )
     if flip_acts:
-        dx, g = jnp.flip(dx, axis=(1, 2)), jnp.flip(g, axis=(1, 2))
+        dx = jnp.flip(dx, axis=(1, 2))
     dw = _weight_grad(x, g, (kh, kw), strides, padding, dilation, groups, precision)
     return dx.astype(x.dtype), dw.astype(w.dtype)
 

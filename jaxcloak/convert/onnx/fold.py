@@ -38,6 +38,7 @@ def fold_batchnorm(
     consts: dict[str, np.ndarray],
     graph_outputs: Iterable[str],
     make_step: Callable[[Any], Any],
+    reserved: Iterable[str] = (),
 ) -> list[Any]:
     """The steps with every foldable Conv -> BatchNormalization pair merged into one Conv.
 
@@ -46,14 +47,17 @@ def fold_batchnorm(
       consts: constants by name; the folded weights and biases are added to it.
       graph_outputs: names the graph returns (a Conv output among them is never folded).
       make_step: builds a step from a new ``NodeProto`` (the converter's ``_Step``).
+      reserved: other names the new weights must not take (the graph's inputs).
 
     Returns:
       The new step list (the input list is not modified).
     """
+    graph_outputs = list(graph_outputs)
     readers = Counter(i for s in steps for i in s.inputs if i)
     readers.update(graph_outputs)
     producer = {o: k for k, s in enumerate(steps) for o in s.outputs if o}
     taken = set(consts) | set(producer) | {i for s in steps for i in s.inputs if i}
+    taken |= set(graph_outputs) | set(reserved)
     replaced: dict[int, Any] = {}
     dropped: set[int] = set()
     for k, bn in enumerate(steps):

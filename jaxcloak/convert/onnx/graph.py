@@ -135,8 +135,10 @@ class OnnxFunction:
         graph: onnx.GraphProto,
         input_names: list[str],
         model: onnx.ModelProto,
+        param_names: set[str] = frozenset(),
     ) -> None:
         self._steps = steps
+        self._param_names = frozenset(param_names)
         self._constants = constants
         self.input_names = input_names
         self.output_names = [o.name for o in graph.output]
@@ -151,7 +153,7 @@ class OnnxFunction:
             )
         env: dict[str, Any] = dict(self._constants)
         for name, value in params.items():
-            base, tag = _split_prelaid(name)
+            base, tag = self._split_prelaid(name)
             if tag:
                 # The ONNX layout back; the consumer's own transpose into the same stored
                 # layout then cancels with this one when XLA simplifies the program.
@@ -196,11 +198,28 @@ class OnnxFunction:
                 out[name + tag] = jnp.transpose(jnp.asarray(value), PRELAID[tag])
         return out
 
+    def _split_prelaid(self, name: str) -> tuple[str, str]:
+        """``("w", "::hwio")`` for a key ``prepare`` made from the param ``w``, else
+        ``(name, "")`` (a genuine tensor name that happens to end like a suffix stays as is)."""
+        if name not in self._param_names:
+            for tag in PRELAID:
+                if name.endswith(tag) and name[: -len(tag)] in self._param_names:
+                    return name[: -len(tag)], tag
+        return name, ""
+
+    def _unprepared(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Params in the ONNX layout, whether or not they went through ``prepare``."""
+        out = {}
+        for name, value in params.items():
+            base, tag = self._split_prelaid(name)
+            out[base] = np.transpose(np.asarray(value), np.argsort(PRELAID[tag])) if tag else value
+        return out
+
     def to_model(self, params: Mapping[str, Any]) -> onnx.ModelProto:
         """The folded graph as ONNX: only the nodes left to run, params and constants as
         initialisers. Converting it again gives the same function with nothing to fold,
         which is what the model cache stores."""
-        params = _unprepared(params)
+        params = self._unprepared(params)
         inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in params.items()]
         inits += [numpy_helper.from_array(np.asarray(v), k) for k, v in self._constants.items()]
         graph = onnx_helper.make_graph(
@@ -219,22 +238,6 @@ class OnnxFunction:
             f"OnnxFunction(inputs={self.input_names}, outputs={self.output_names}, "
             f"nodes={len(self._steps)}, opset={self.opset})"
         )
-
-
-def _split_prelaid(name: str) -> tuple[str, str]:
-    for tag in PRELAID:
-        if name.endswith(tag):
-            return name[: -len(tag)], tag
-    return name, ""
-
-
-def _unprepared(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Params in the ONNX layout, whether or not they went through ``prepare``."""
-    out = {}
-    for name, value in params.items():
-        base, tag = _split_prelaid(name)
-        out[base] = np.transpose(np.asarray(value), np.argsort(PRELAID[tag])) if tag else value
-    return out
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
@@ -340,7 +343,11 @@ def _convert(
         remaining.append(step)
     if fold_batchnorm:
         remaining = fold_conv_batchnorm(
-            remaining, consts, graph_outputs, lambda proto: _Step(proto, opset)
+            remaining,
+            consts,
+            graph_outputs,
+            lambda proto: _Step(proto, opset),
+            reserved=[vi.name for vi in graph.input],
         )
     for step in remaining:
         for k, name in enumerate(step.inputs):
@@ -352,5 +359,5 @@ def _convert(
     }
     keep = {k for k in static_uses | dynamic_uses | set(graph_outputs) if k in consts}
     constants = {k: consts[k] for k in keep if k not in params}
-    fn = OnnxFunction(remaining, constants, graph, input_names, model)
+    fn = OnnxFunction(remaining, constants, graph, input_names, model, set(params))
     return fn, params

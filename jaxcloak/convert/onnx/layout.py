@@ -133,6 +133,8 @@ def run_channel_last(
     if op_type in POOLING and isinstance(args[0], ChannelLast) and node.n_outputs == 1:
         return (ChannelLast(handler(node, args[0].a, channel_last=True)),)
     if op_type == "Concat" and all(isinstance(a, ChannelLast) for a in args if a is not None):
+        if not -4 <= node.attr("axis") < 4:
+            return None  # the handler raises its own error
         axis = _NHWC_AXIS[node.attr("axis") % 4]
         xs = [a.a for a in args if a is not None]
         if not xs:
