@@ -67,15 +67,9 @@ def _parse_hlo(text: str) -> tuple[dict[str, str], dict[str, set[str]], dict[str
 
 
 def _ops_of(name: str, opcode: dict, comp_ops: dict, calls: dict) -> set[str]:
-    ops = {opcode[name]}
-    stack, seen = [calls.get(name)], set()
-    while stack:
-        comp = stack.pop()
-        if comp is None or comp in seen:
-            continue
-        seen.add(comp)
-        ops |= comp_ops.get(comp, set())
-    return ops
+    """The opcodes an instruction runs: its own, plus those of the computation it calls (a
+    fusion's body)."""
+    return {opcode[name]} | comp_ops.get(calls.get(name), set())
 
 
 def category(ops: set[str]) -> str:

@@ -590,6 +590,9 @@ def conv_channel_last(node: Node, x: jax.Array, w: Value, b: Value = None) -> ja
     convolutions inside while loops (every ``lax.scan`` attack) take a slow path.
     """
     kernel, strides, dil, pads, g = _conv_geometry(node, x.shape[1:3], w)
+    # OIHW -> HWIO for both paths; with a prepared (HWIO) kernel (OnnxFunction.prepare) XLA
+    # cancels this transpose with the inverse one the function applied.
+    hwio = jnp.transpose(w, (2, 3, 1, 0))
     if (
         g > 1
         and g == x.shape[-1] == w.shape[0]
@@ -598,12 +601,9 @@ def conv_channel_last(node: Node, x: jax.Array, w: Value, b: Value = None) -> ja
     ):
         # XLA:CPU's grouped-conv path is slow; the shifted-slices form made SFace's forward
         # about 3x and its backward about 2x faster on CPU (benchmarks/bench_convert.py).
-        # (C, 1, kh, kw) -> (kh, kw, 1, C) -> (kh, kw, C): transposing first lets XLA cancel
-        # this with the inverse transpose of a prepared (HWIO) kernel (OnnxFunction.prepare).
-        taps = jnp.transpose(w, (2, 3, 1, 0))[:, :, 0, :]
-        y = depthwise_conv2d(x, taps, strides, dil, pads)
+        y = depthwise_conv2d(x, hwio[:, :, 0, :], strides, dil, pads)  # taps (kh, kw, C)
     else:
-        y = conv2d(x, jnp.transpose(w, (2, 3, 1, 0)), strides, pads, dil, g)
+        y = conv2d(x, hwio, strides, pads, dil, g)
     return y if b is None else y + b
 
 
