@@ -318,8 +318,10 @@ def with_compute_dtype(embed, dtype: str | None):
     if dtype != "bfloat16":
         raise ValueError(f"compute dtype must be float32 or bfloat16, got {dtype!r}")
 
-    def low(params, x):
+    def low(params, x, **kw):
         params, x = cast_floating((params, x), jnp.bfloat16)
-        return embed(params, x).astype(jnp.float32)
+        return embed(params, x, **kw).astype(jnp.float32)
 
+    if hasattr(embed, "sites"):  # still editable (jaxcloak.objectives.surrogate)
+        low.sites = embed.sites
     return low

@@ -176,7 +176,7 @@ def test_mask_files_fail_clearly(tmp_path):
     [
         (120.0, {"eps": 8 / 255}, "up to 120.0 grey levels, more than the 8.0"),
         (1e30, {"eps": 8 / 255}, "more than the 8.0"),
-        (15.5, {"eps": 16 / 255, "config": get_config().to_dict()}, None),  # within 16
+        (15.5, {"eps": 16 / 255, "config": get_config(eps=16 / 255).to_dict()}, None),  # <= 16
         (20.0, {"eps": 8 / 255, "config": get_config().to_dict()}, "eps 0.0313.* but config"),
         (1.0, {"eps": "8"}, "eps '8' is not a number"),
         (1.0, {}, "eps None is not a number"),

@@ -124,6 +124,25 @@ def test_low_frequency_mask_has_no_energy_above_cutoff(problem):
     assert (sf[k:, :].sum() + sf[:k, k:].sum()) / sf.sum() > 0.5  # the property is not free
 
 
+def one_program_runs(cloak, params, views, e_pos, e_neg, size=S):
+    """``cloak`` run with two keys, checked to be one compiled program (traced once) whose
+    iterations are a scan and that never calls back to the host; the two results."""
+    traces = []
+
+    def fn(p, v, a, b, k):
+        traces.append(1)
+        return cloak(p, v, a, b, jnp.zeros((size, size, 3)), identity_taps(size), key=k)
+
+    jitted = jax.jit(fn)
+    r1 = jitted(params, views, e_pos, e_neg, jax.random.key(0))
+    r2 = jitted(params, views, e_pos, e_neg, jax.random.key(1))
+    assert len(traces) == 1  # one program for the shape
+    text = str(jax.make_jaxpr(fn)(params, views, e_pos, e_neg, jax.random.key(0)))
+    assert "scan[" in text or " scan " in text
+    assert "callback" not in text  # no host round trips
+    return r1, r2
+
+
 def test_everything_in_one_compiled_scan(problem):
     cfg = CloakConfig(
         steps=4,
@@ -135,20 +154,7 @@ def test_everything_in_one_compiled_scan(problem):
         perceptual=True,
     )
     params, views, e_pos, e_neg = problem
-    cloak = make_cloak(tiny_embed, cfg, size=S)
-    traces = []
-
-    def fn(p, v, a, b, k):
-        traces.append(1)
-        return cloak(p, v, a, b, jnp.zeros((S, S, 3)), identity_taps(S), key=k)
-
-    jitted = jax.jit(fn)
-    r1 = jitted(params, views, e_pos, e_neg, jax.random.key(0))
-    r2 = jitted(params, views, e_pos, e_neg, jax.random.key(1))
-    assert len(traces) == 1  # one program for the shape
-    text = str(jax.make_jaxpr(fn)(params, views, e_pos, e_neg, jax.random.key(0)))
-    assert "scan[" in text or " scan " in text
-    assert "callback" not in text  # no host round trips
+    r1, r2 = one_program_runs(make_cloak(tiny_embed, cfg, size=S), params, views, e_pos, e_neg)
     assert r1.trace["loss"].shape == (4,)
     assert not np.allclose(r1.mask, r2.mask)
     assert np.all(np.isfinite(np.asarray(r1.mask)))

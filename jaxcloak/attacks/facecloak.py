@@ -36,9 +36,11 @@ from ..augment import low_frequency, resize_and_pad
 from ..faces.chain import apply_taps
 from ..faces.paste import crop_mask
 from ..objectives import facecloak as obj
+from ..objectives import surrogate as sur
 from ..optim.attack import (
     afog_attention,
     momentum_sign_step,
+    neighbourhood_gradient,
     project_linf,
     sign_step,
     smooth_gradient,
@@ -98,6 +100,27 @@ class CloakConfig:
       perceptual: fixed mode: the per-pixel budget follows the clean face's local texture
         and luminance (:func:`jaxcloak.objectives.facecloak.perceptual_budget`), between 0.5
         and 2 times ``eps``, instead of ``eps`` everywhere.
+      variance: fixed mode: variance tuning (VT): the gradient of each step is corrected by
+        the previous step's gap between the mean gradient of this many random neighbours
+        (within ``variance_beta * eps``) and the gradient itself (0 disables; each
+        neighbour costs one more gradient per step).
+      variance_beta: VT neighbourhood radius in units of ``eps``.
+      si_copies: fixed mode: the loss is averaged over the views scaled by 1, 1/2, 1/4, ...
+        (scale-invariant copies, SIM; 1 disables; each copy costs one more gradient).
+      linbp: fixed mode: the backward pass of every surrogate activation is mixed toward the
+        identity by this share (linear backpropagation, LinBP); forward unchanged (0: off).
+      skip_gamma: fixed mode: gradient through residual branches scaled by this (SGM; 1:
+        off). Needs a surrogate with residual additions (SFace has none: use ``linbp``).
+      act_dropout: fixed mode: every surrogate activation dropped with this probability,
+        fresh per step and view batch (forward and backward; 0: off).
+      feature_weight: fixed mode: the intermediate-feature term, the cosine between the
+        masked and the clean view's activations at one layer, pushed down: its gradient and
+        the embedding loss's are each L1-normalised and mixed 1 : ``feature_weight`` (0: off).
+      feature_depth: the layer of that term, as a relative depth in [0, 1] of the
+        surrogate's activations (:func:`jaxcloak.objectives.surrogate.feature_site`).
+
+    The last four edit the surrogate's graph (:mod:`jaxcloak.objectives.surrogate`) and need
+    a converted (ONNX) surrogate such as ``sface``; its weights never change.
     """
 
     mode: Mode = "fixed"
@@ -126,6 +149,14 @@ class CloakConfig:
     ti_sigma: float = 0.0
     lowfreq: int = 1
     perceptual: bool = False
+    variance: int = 0
+    variance_beta: float = 1.5
+    si_copies: int = 1
+    linbp: float = 0.0
+    skip_gamma: float = 1.0
+    act_dropout: float = 0.0
+    feature_weight: float = 0.0
+    feature_depth: float = 0.5
 
     def __post_init__(self):
         if self.mode not in ("faithful", "fixed"):
@@ -141,13 +172,37 @@ class CloakConfig:
             raise ValueError(f"unknown eot transforms {sorted(unknown)}; known: resize, blur, jpeg")
         fixed_only = self.eot or self.dodge_weight or self.resample_jitter or self.realign_jitter
         transfer = (
-            self.momentum or self.diversity or self.ti_sigma or self.lowfreq != 1 or self.perceptual
+            self.momentum
+            or self.diversity
+            or self.ti_sigma
+            or self.lowfreq != 1
+            or self.perceptual
+            or self.variance
+            or self.si_copies != 1
         )
-        if self.mode == "faithful" and (fixed_only or transfer):
+        if self.mode == "faithful" and (fixed_only or transfer or self.edits_surrogate):
             raise ValueError(
                 "eot, dodge_weight, resample_jitter, realign_jitter, momentum, diversity, "
-                "ti_sigma, lowfreq and perceptual are fixed-mode options (the reference has none)"
+                "ti_sigma, lowfreq, perceptual, variance, si_copies, linbp, skip_gamma, "
+                "act_dropout and feature_weight are fixed-mode options (the reference has none)"
             )
+        if self.variance < 0 or self.variance_beta <= 0 or self.si_copies < 1:
+            raise ValueError(
+                f"variance must be >= 0, variance_beta > 0 and si_copies >= 1, got "
+                f"{self.variance}, {self.variance_beta}, {self.si_copies}"
+            )
+        if not 0.0 <= self.linbp <= 1.0 or not 0.0 < self.skip_gamma <= 1.0:
+            raise ValueError(
+                f"linbp must be in [0, 1] and skip_gamma in (0, 1], got {self.linbp}, "
+                f"{self.skip_gamma}"
+            )
+        if not 0.0 <= self.act_dropout < 1.0 or self.feature_weight < 0:
+            raise ValueError(
+                f"act_dropout must be in [0, 1) and feature_weight >= 0, got "
+                f"{self.act_dropout}, {self.feature_weight}"
+            )
+        if not 0.0 <= self.feature_depth <= 1.0:
+            raise ValueError(f"feature_depth must be in [0, 1], got {self.feature_depth}")
         if not 0.0 <= self.momentum <= 2.0:
             raise ValueError(f"momentum must be in [0, 2], got {self.momentum}")
         if not 0.0 <= self.diversity <= 1.0 or not 0.5 <= self.diversity_scale <= 1.0:
@@ -159,6 +214,11 @@ class CloakConfig:
             raise ValueError(
                 f"ti_sigma must be >= 0 and lowfreq >= 1, got {self.ti_sigma}, {self.lowfreq}"
             )
+
+    @property
+    def edits_surrogate(self) -> bool:
+        """Whether these settings edit the surrogate's graph (LinBP, SGM, dropout, features)."""
+        return bool(self.linbp or self.skip_gamma != 1.0 or self.act_dropout or self.feature_weight)
 
     def max_levels(self) -> float:
         """Largest |mask| in grey levels these settings can produce (an upper bound): the
@@ -196,13 +256,15 @@ class CloakConfig:
 
 
 class AttackState(NamedTuple):
-    """Scan carry: attention map, raw perturbation, their optax states, a key (fixed-mode EOT)."""
+    """Scan carry: attention map, raw perturbation, their optax states, a key (fixed-mode
+    randomness) and the variance-tuning correction (zeros when VT is off)."""
 
     alpha: jax.Array  # (S, S, 3)
     rho: jax.Array  # (S, S, 3), reference units
     opt_alpha: optax.OptState
     opt_rho: optax.OptState
     key: PRNGKey
+    variance: jax.Array  # (S, S, 3)
 
 
 class CloakResult(NamedTuple):
@@ -242,6 +304,11 @@ def _eot(x01: jax.Array, key: PRNGKey, kinds: tuple[str, ...]) -> jax.Array:
             y = jax.vmap(augment.jpeg_like)(x01, q)
         x01 = jnp.where(on, y, x01)
     return x01
+
+
+def _darken(x_ref: jax.Array, s: float) -> jax.Array:
+    """Reference-unit images with their [0, 1] intensities scaled by ``s`` (SIM copies)."""
+    return (x_ref + 1.0) * s - 1.0
 
 
 def _similarity(size: int, scale, theta, shift) -> jax.Array:
@@ -331,6 +398,37 @@ def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable
     def surrogate(params, x_ref):  # (N, S, S, 3) reference units -> (N, D)
         return embed(params, _to_unit(x_ref))
 
+    feature = None
+    if cfg.edits_surrogate:
+        sites = getattr(embed, "sites", None)
+        if sites is None:
+            raise ValueError(
+                "linbp, skip_gamma, act_dropout and feature_weight edit the surrogate's graph; "
+                "this surrogate (a native port or an ensemble) cannot be edited: use a "
+                "converted ONNX model such as sface"
+            )
+        if cfg.skip_gamma != 1.0 and not sur.residual_sites(sites):
+            raise ValueError(
+                "skip_gamma scales gradients through residual branches and this surrogate has "
+                "none (SFace is a plain chain of convolutions): use linbp instead"
+            )
+        if cfg.feature_weight:
+            feature = sur.feature_site(sites, cfg.feature_depth).name
+
+    def probe(params, x_ref, key, augment=True):
+        """Embeddings of (N, S, S, 3) reference-unit faces through the augmented surrogate
+        (``augment=False``: plain forward), and the tapped features (None when unused)."""
+        store: dict = {}
+        edit = sur.chain(
+            sur.linear_backprop(cfg.linbp) if augment and cfg.linbp else None,
+            sur.skip_gradient(cfg.skip_gamma) if augment and cfg.skip_gamma != 1.0 else None,
+            sur.activation_dropout(key, cfg.act_dropout) if augment and cfg.act_dropout else None,
+            sur.tap([feature], store) if feature else None,
+        )
+        if edit is None:
+            return surrogate(params, x_ref), None
+        return embed(params, _to_unit(x_ref), edit=edit), store.get(feature)
+
     def update(state: AttackState, g: jax.Array, budget) -> AttackState:
         # Both gradients at the pre-update point, as the reference computes them.
         g_alpha, g_rho = state.rho * g, state.alpha * g
@@ -343,7 +441,7 @@ def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable
         if cfg.project_in_loop:
             # A per-pixel budget map, so a clip rather than optax.projection_linf_ball.
             rho = project_linf(rho, budget)
-        return AttackState(alpha, rho, opt_alpha, opt_rho, state.key)
+        return state._replace(alpha=alpha, rho=rho, opt_alpha=opt_alpha, opt_rho=opt_rho)
 
     def stats(state, budget):
         p = state.alpha * state.rho
@@ -369,7 +467,9 @@ def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable
         # rho = 2 eps (U[0, 1) - 0.5), the reference's init (L229).
         rho0 = 2.0 * eps_ref * (jax.random.uniform(k_init, views_ref.shape[1:]) - 0.5)
         alpha0 = jnp.ones_like(rho0)
-        state = AttackState(alpha0, rho0, attention.init(alpha0), perturb.init(rho0), k_loop)
+        state = AttackState(
+            alpha0, rho0, attention.init(alpha0), perturb.init(rho0), k_loop, jnp.zeros_like(rho0)
+        )
         if cfg.mode == "fixed":
             budget = box_budget if cfg.stickers else jnp.full_like(rho0, eps_ref)
             if cfg.perceptual:
@@ -381,8 +481,11 @@ def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable
         else:
             budget = jnp.full_like(rho0, eps_ref)
 
-        def loss_terms(x_ref, e_idx):
-            e = surrogate(params, x_ref)  # (N, D)
+        def loss_terms(x_ref, e_idx, key=None, x_clean=None):
+            if key is None:
+                e, feat = surrogate(params, x_ref), None  # (N, D)
+            else:
+                e, feat = probe(params, x_ref, key)
             cs, cd = e @ e_similar, e @ e_distant
             cc = jnp.sum(e * e_clean[e_idx], axis=-1)
             n = x_ref.shape[0]
@@ -394,12 +497,19 @@ def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable
             loss = jnp.sum(wts * (cs - cd))  # weighted obj.triplet_loss over the batch
             if cfg.dodge_weight:
                 loss = loss + cfg.dodge_weight * jnp.sum(wts * cc)
-            return loss, {
+            aux = {
                 "cos_similar": jnp.mean(cs),
                 "cos_distant": jnp.mean(cd),
                 "cos_clean": jnp.mean(cc),
                 "cos_clean_real": cc[-1],
             }
+            if feat is not None:
+                # The clean view through the same transforms and the plain network.
+                _, feat_clean = probe(params, x_clean, key, augment=False)
+                fc = sur.feature_cosine(feat, jax.lax.stop_gradient(feat_clean))
+                aux["feature_cos"] = jnp.mean(fc)
+                aux["feature_loss"] = jnp.sum(wts * fc)
+            return loss, aux
 
         if cfg.mode == "faithful":
 
@@ -416,9 +526,10 @@ def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable
             idx = jnp.arange(n_views)
 
             def body(state, t):
-                k_step = jax.random.fold_in(state.key, t)
+                k_step0 = jax.random.fold_in(state.key, t)
 
-                def f(delta):
+                def views_with(delta, k_step):
+                    """The views as the surrogate sees them this step, carrying ``delta``."""
                     if cfg.lowfreq != 1:
                         # What will be applied: through the coarse grid and clipped again, so a
                         # non-uniform budget (regions, perceptual map) holds in the loss too.
@@ -440,10 +551,62 @@ def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable
                         x = 2.0 * _eot(_to_unit(x), k_step, cfg.eot) - 1.0
                     if cfg.diversity:
                         x = 2.0 * _diverse(_to_unit(x), jax.random.fold_in(k_step, 3)) - 1.0
-                    return loss_terms(x, idx)
+                    return x
+
+                def f(delta, k_step):
+                    x = views_with(delta, k_step)
+                    x_clean = None
+                    if feature:
+                        x_clean = jax.lax.stop_gradient(views_with(jnp.zeros_like(delta), k_step))
+                    k_net = jax.random.fold_in(k_step, 4)
+                    if cfg.si_copies == 1:
+                        return loss_terms(x, idx, k_net, x_clean)
+                    # SIM: the same views darkened by 1/2, 1/4, ...; the loss is their mean.
+                    parts = [
+                        loss_terms(
+                            _darken(x, 0.5**i),
+                            idx,
+                            jax.random.fold_in(k_net, i),
+                            None if x_clean is None else _darken(x_clean, 0.5**i),
+                        )
+                        for i in range(cfg.si_copies)
+                    ]
+                    return jax.tree.map(lambda *a: sum(a) / len(a), *parts)
+
+                def grad_of(delta, k_step):
+                    if not feature:
+                        return jax.value_and_grad(f, has_aux=True)(delta, k_step)
+
+                    # The feature term moves a whole layer by a small angle, so its gradient is
+                    # orders of magnitude smaller than the embedding loss's: the two directions
+                    # are L1-normalised before they are mixed, so feature_weight is the share
+                    # of the step the layer gets, whatever the network's scales.
+                    def parts(d):
+                        loss, aux = f(d, k_step)
+                        return jnp.stack([loss, aux["feature_loss"]]), aux
+
+                    both, vjp, aux = jax.vjp(parts, delta, has_aux=True)
+                    (g_emb,) = vjp(jnp.array([1.0, 0.0]))
+                    (g_feat,) = vjp(jnp.array([0.0, 1.0]))
+                    g = g_emb / (jnp.mean(jnp.abs(g_emb)) + 1e-12) + cfg.feature_weight * (
+                        g_feat / (jnp.mean(jnp.abs(g_feat)) + 1e-12)
+                    )
+                    return (both[0], aux), g
 
                 delta = jnp.clip(state.alpha * state.rho, -budget, budget)
-                (loss, aux), g = jax.value_and_grad(f, has_aux=True)(delta)
+                (loss, aux), g = grad_of(delta, k_step0)
+                if cfg.variance:
+                    # VT: this step's gradient plus last step's neighbourhood correction; the
+                    # correction carried on is the neighbours' mean gradient minus this one.
+                    g_near = neighbourhood_gradient(
+                        lambda d, k: grad_of(d, k)[1],
+                        delta,
+                        jax.random.fold_in(k_step0, 7),
+                        cfg.variance,
+                        cfg.variance_beta * eps_ref,
+                    )
+                    g, state = g + state.variance, state._replace(variance=g_near - g)
+                    aux["vt_correction"] = jnp.mean(jnp.abs(state.variance))
                 if cfg.ti_sigma:
                     g = smooth_gradient(g, cfg.ti_sigma)
                 new = update(state, g, budget)

@@ -46,13 +46,16 @@ FIXED = CloakConfig(mode="fixed")
 #: 5 -> 16% and per-photo dlib 11 -> 44% (benchmarks/bench_protection.py, RESULTS.md).
 TRANSFER = {"momentum": 1.0, "diversity": 0.7, "ti_sigma": 1.5}
 
-#: Strength presets of the fixed mode, from bench_protection's measurements (RESULTS.md): the
-#: budget is what makes a mask hold on the person's other photos (universal SFace PSR 0% at
-#: 8/255, 58-63% at 16/255, 74% at 24/255), at PSNR 42 / 36.5 / 36 dB.
+#: Strength presets of the fixed mode, from bench_protection's measurements on the development
+#: faces (RESULTS.md, 2026-12-04): the budget and the number of steps are what make a mask hold
+#: on the person's other photos. With 40 steps, universal SFace / dlib PSR 68/16% at 16/255,
+#: 89/21% at 20/255, 89/37% at 24/255, at PSNR medians 37.0 / 35.0 / 33.5 dB (20 steps at
+#: 16/255, the previous default: 63/16% at 36.5 dB). 8/255 protected none of a person's other
+#: photos at all, so it is no preset.
 STRENGTHS: dict[str, dict] = {
-    "low": {"eps": 8 / 255, "steps": 20, "step": 3 / 255, **TRANSFER},
-    "mid": {"eps": 16 / 255, "steps": 20, "step": 3 / 255, **TRANSFER},
-    "high": {"eps": 24 / 255, "steps": 20, "step": 3 / 255, **TRANSFER},
+    "low": {"eps": 16 / 255, "steps": 40, "step": 3 / 255, **TRANSFER},
+    "mid": {"eps": 20 / 255, "steps": 40, "step": 3 / 255, **TRANSFER},
+    "high": {"eps": 24 / 255, "steps": 40, "step": 3 / 255, **TRANSFER},
 }
 
 

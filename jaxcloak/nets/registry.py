@@ -264,12 +264,16 @@ class FaceRecognizer:
 
 
 def _make_embed(spec: FaceModelSpec, apply_fn: Callable) -> EmbedFn:
-    def embed(params: Params, images: Image) -> Embedding:
-        """(N, H, W, 3) RGB [0, 1] aligned faces -> (N, D) unit-norm embeddings."""
-        (raw,) = apply_fn(params, spec.to_network_input(images))
+    def embed(params: Params, images: Image, *, edit=None) -> Embedding:
+        """(N, H, W, 3) RGB [0, 1] aligned faces -> (N, D) unit-norm embeddings; ``edit``
+        (a :data:`jaxcloak.convert.onnx.Edit`) rewrites node outputs on the way."""
+        (raw,) = apply_fn(params, spec.to_network_input(images), edit=edit)
         raw = raw.reshape(raw.shape[0], -1)
         return unit_rows(raw)
 
+    # Attack code that edits the network (feature taps, surrogate augmentation) asks for
+    # these; embeds without them (native ports, ensembles) refuse such settings up front.
+    embed.sites = apply_fn.sites
     return embed
 
 

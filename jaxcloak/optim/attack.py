@@ -7,6 +7,7 @@ attack objective is written to be minimised.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -101,3 +102,25 @@ def smooth_gradient(g: jax.Array, sigma: float) -> jax.Array:
         precision=jax.lax.Precision.HIGHEST,
     )
     return y[0]
+
+
+def neighbourhood_gradient(
+    grad_fn: Callable[[jax.Array, jax.Array], jax.Array],
+    x: jax.Array,
+    key: jax.Array,
+    n: int,
+    radius: float,
+) -> jax.Array:
+    """Mean of ``grad_fn(x + r_i, k_i)`` over ``n`` points ``r_i ~ U[-radius, radius]^d``.
+
+    Variance tuning (VT) adds the gap between this and the gradient at ``x`` to the next
+    step's gradient, so the attack follows the neighbourhood rather than one point's
+    gradient; each neighbour gets its own key (fresh transforms as well). Sequential
+    (``lax.map``): one neighbour's activations are alive at a time.
+    """
+
+    def one(k):
+        r = jax.random.uniform(k, x.shape, x.dtype, minval=-radius, maxval=radius)
+        return grad_fn(x + r, k)
+
+    return jnp.mean(jax.lax.map(one, jax.random.split(key, n)), axis=0)

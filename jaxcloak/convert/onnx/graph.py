@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +31,7 @@ from onnx import helper as onnx_helper
 
 from .errors import ConversionError, UnsupportedOpError
 from .fold import fold_batchnorm as fold_conv_batchnorm
-from .layout import nchw, run_channel_last
+from .layout import ChannelLast, nchw, run_channel_last
 from .ops import MAX_OP_VERSION, OPS, Node, is_static
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -39,6 +39,49 @@ _DEFAULT_DOMAINS = ("", "ai.onnx")
 # A param held pre-laid-out by OnnxFunction.prepare: key suffix -> the permutation that gives
 # the stored array from the ONNX one (its inverse gives the ONNX array back).
 PRELAID = {"::hwio": (2, 3, 1, 0), "::t": (1, 0)}
+
+
+class Site(NamedTuple):
+    """A node as an :data:`Edit` sees it.
+
+    Attributes:
+      op_type, name: the ONNX node's.
+      index, count: its position among the nodes the function runs, and how many there are
+        (``index / count`` is a model-agnostic depth).
+      producers: per input, the index of the node that computed it; -1 for graph inputs,
+        params and constants.
+    """
+
+    op_type: str
+    name: str
+    index: int
+    count: int
+    producers: tuple[int, ...]
+
+
+#: ``edit(site, inputs, outputs) -> outputs``: called at trace time on every node that
+#: computes from the graph's inputs, with its input and output values all in one layout
+#: (channel-last 4-D activations stay NHWC, see :mod:`.layout`); what it returns replaces the
+#: outputs. Elementwise edits (dropout masks, gradient rewrites, feature taps compared with
+#: the same function's taps) do not depend on the layout.
+Edit = Callable[[Site, tuple, tuple], tuple]
+
+
+def _edited(edit: Edit, site: Site, ins: list[Any], outs: tuple) -> tuple:
+    last = isinstance(outs[0], ChannelLast)
+
+    def raw(v):  # in the first output's layout
+        if isinstance(v, ChannelLast):
+            return v.a if last else nchw(v)
+        if last and isinstance(v, jax.Array) and v.ndim == 4:
+            return jnp.transpose(v, (0, 2, 3, 1))
+        return v
+
+    new = edit(site, tuple(map(raw, ins)), tuple(map(raw, outs)))
+    if len(new) != len(outs):
+        raise ValueError(f"edit of {site.name!r} returned {len(new)} outputs, not {len(outs)}")
+    pairs = zip(new, outs, strict=True)
+    return tuple(ChannelLast(n) if isinstance(o, ChannelLast) else n for n, o in pairs)
 
 
 def _attr_value(attr: onnx.AttributeProto) -> Any:
@@ -145,8 +188,29 @@ class OnnxFunction:
         self.opset = _default_opset(model)
         self._io = ([vi for vi in graph.input if vi.name in input_names], list(graph.output))
         self._opset_import = list(model.opset_import)
+        made = {o: i for i, st in enumerate(steps) for o in st.outputs if o}
+        self._sites = [
+            Site(
+                st.node.op_type,
+                st.node.name,
+                i,
+                len(steps),
+                tuple(made.get(n, -1) for n in st.inputs),
+            )
+            for i, st in enumerate(steps)
+        ]
 
-    def __call__(self, params: Mapping[str, Any], *inputs: Any) -> tuple[jax.Array, ...]:
+    @property
+    def sites(self) -> list[Site]:
+        """Every node the function runs, as an :data:`Edit` would see it."""
+        return list(self._sites)
+
+    def __call__(
+        self, params: Mapping[str, Any], *inputs: Any, edit: Edit | None = None
+    ) -> tuple[jax.Array, ...]:
+        """The graph's outputs; ``edit`` (optional) rewrites node outputs as they are
+        computed, e.g. to tap activations or change how gradients flow, without touching
+        ``params``."""
         if len(inputs) != len(self.input_names):
             raise TypeError(
                 f"expected {len(self.input_names)} inputs {self.input_names}, got {len(inputs)}"
@@ -162,8 +226,11 @@ class OnnxFunction:
         # Inputs are runtime values even when given as NumPy: only constants are folded.
         env.update(zip(self.input_names, map(jnp.asarray, inputs), strict=True))
         channel_last = jax.default_backend() == "cpu"
-        for step in self._steps:
-            env.update(zip(step.outputs, step.run(env, channel_last), strict=False))
+        for step, site in zip(self._steps, self._sites, strict=True):
+            outs = step.run(env, channel_last)
+            if edit is not None and not all(isinstance(o, np.ndarray) for o in outs):
+                outs = _edited(edit, site, [env[i] if i else None for i in step.inputs], outs)
+            env.update(zip(step.outputs, outs, strict=False))
         return tuple(jnp.asarray(nchw(env[name])) for name in self.output_names)
 
     def prepare(self, params: Mapping[str, Any]) -> dict[str, jax.Array]:
