@@ -80,6 +80,10 @@ CONFIGS: dict[str, dict] = {
     "feat3": {"feature_weight": 1.0, "feature_depth": 0.3},
     "feat7": {"feature_weight": 1.0, "feature_depth": 0.7},
     "s40": {"steps": 40},
+    "dodge0": {"dodge_weight": 0.0},
+    "dodge2": {"dodge_weight": 2.0},
+    "rw2": {"real_weight": 0.2},
+    "rw8": {"real_weight": 0.8},
     "smoke": {"steps": 1},
 }
 
