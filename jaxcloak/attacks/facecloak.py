@@ -39,6 +39,7 @@ from ..objectives import facecloak as obj
 from ..objectives import surrogate as sur
 from ..optim.attack import (
     afog_attention,
+    l1_normalized,
     momentum_sign_step,
     neighbourhood_gradient,
     project_linf,
@@ -482,10 +483,7 @@ def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable
             budget = jnp.full_like(rho0, eps_ref)
 
         def loss_terms(x_ref, e_idx, key=None, x_clean=None):
-            if key is None:
-                e, feat = surrogate(params, x_ref), None  # (N, D)
-            else:
-                e, feat = probe(params, x_ref, key)
+            e, feat = probe(params, x_ref, key)  # (N, D); no edits: the plain surrogate
             cs, cd = e @ e_similar, e @ e_distant
             cc = jnp.sum(e * e_clean[e_idx], axis=-1)
             n = x_ref.shape[0]
@@ -588,9 +586,7 @@ def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable
                     both, vjp, aux = jax.vjp(parts, delta, has_aux=True)
                     (g_emb,) = vjp(jnp.array([1.0, 0.0]))
                     (g_feat,) = vjp(jnp.array([0.0, 1.0]))
-                    g = g_emb / (jnp.mean(jnp.abs(g_emb)) + 1e-12) + cfg.feature_weight * (
-                        g_feat / (jnp.mean(jnp.abs(g_feat)) + 1e-12)
-                    )
+                    g = l1_normalized(g_emb) + cfg.feature_weight * l1_normalized(g_feat)
                     return (both[0], aux), g
 
                 delta = jnp.clip(state.alpha * state.rho, -budget, budget)

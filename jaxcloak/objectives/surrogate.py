@@ -31,6 +31,9 @@ ACTIVATIONS = frozenset(
     {"Relu", "PRelu", "LeakyRelu", "Elu", "Selu", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid"}
 )
 
+#: Ops that merge a residual branch into its skip path.
+MERGES = frozenset({"Add", "Sum"})
+
 
 def activation_sites(sites: Iterable[Site]) -> list[Site]:
     """The sites of pointwise nonlinearities, in execution order."""
@@ -52,9 +55,7 @@ def feature_site(sites: Sequence[Site], depth: float) -> Site:
 def residual_sites(sites: Iterable[Site]) -> list[Site]:
     """Additions of two computed tensors (residual merges); the skip input is the older."""
     return [
-        s
-        for s in sites
-        if s.op_type in ("Add", "Sum") and len(s.producers) == 2 and max(s.producers) >= 0
+        s for s in sites if s.op_type in MERGES and len(s.producers) == 2 and max(s.producers) >= 0
     ]
 
 
@@ -84,7 +85,7 @@ def skip_gradient(gamma: float, touched: list | None = None) -> Edit:
     """
 
     def edit(site: Site, ins: tuple, outs: tuple) -> tuple:
-        if site.op_type not in ("Add", "Sum") or len(ins) != 2:
+        if site.op_type not in MERGES or len(ins) != 2:
             return outs
         if not all(isinstance(v, jax.Array) for v in ins) or np.shape(ins[0]) != np.shape(ins[1]):
             return outs

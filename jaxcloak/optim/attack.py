@@ -53,12 +53,17 @@ def project_linf(x: jax.Array, bound: jax.Array | float) -> jax.Array:
     return jnp.clip(x, -bound, bound)
 
 
+def l1_normalized(g: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """``g / mean|g|``: a direction whose scale no longer depends on the loss's."""
+    return g / (jnp.mean(jnp.abs(g)) + eps)
+
+
 def l1_normalize(eps: float = 1e-12) -> optax.GradientTransformation:
     """``g / mean|g|`` per leaf: MI-FGSM's normalisation, so momentum weighs steps equally."""
 
     def update_fn(updates, state, params=None):
         del params
-        return jax.tree.map(lambda g: g / (jnp.mean(jnp.abs(g)) + eps), updates), state
+        return jax.tree.map(lambda g: l1_normalized(g, eps), updates), state
 
     return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
