@@ -24,9 +24,11 @@ On a GPU (``--device cuda``; JAX uses its default device): every torch call ends
 ``torch.cuda.synchronize()``; torch rows run first and free their memory before the JAX rows
 (start with ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` so the two share the card). The reference
 as published runs float16 with attention slicing (``--torch-dtypes float16
---attention-slicing``); JAX's half-precision rows are bfloat16 (``--jax-dtypes``). Float32 is
-true float32 on both sides: jaxcloak's layers ask for HIGHEST precision, and torch's TF32 is
-switched off unless ``--torch-tf32``.
+--attention-slicing``); JAX's half-precision rows are bfloat16 (``--jax-dtypes``) and attend
+with cuDNN's fused kernel on a GPU (``--jax-attention xla`` for the XLA path, blocked queries).
+Float32 is true float32 on both sides: JAX's float32 rows run under the float32 precision
+policy (``jaxcloak.precision``) and torch's TF32 is off; ``--torch-tf32`` switches TF32 on
+for both (the tf32 policy on the JAX side).
 
   python benchmarks/bench_arc2face.py                        # tiny and mid, 3 repeats
   python benchmarks/bench_arc2face.py --configs tiny --repeats 5
@@ -56,6 +58,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from timing import environment, time_calls
 from torch_reference.sd_twins import SD15_DPM_SCHEDULER, arc2face_twins, unet_kwargs, vae_kwargs
 
+from jaxcloak import precision
 from jaxcloak.attacks import arc2face
 from jaxcloak.diffusion.dpm_solver import make_dpm_solver
 from jaxcloak.nets import clip_text, sd_unet, sd_vae
@@ -273,12 +276,20 @@ def _row(r: dict) -> str:
 _HALF = {"float16": "bfloat16", "bfloat16": "bfloat16", "float32": "float32"}
 
 
+def _ref_samples(spec: str, config: str) -> int:
+    """``--ref-samples``: N for every config, or NAME=N pairs (default 4)."""
+    if spec.strip().isdigit():
+        return int(spec)
+    pairs = dict(kv.split("=", 1) for kv in spec.split(",") if "=" in kv)
+    return int(pairs.get(config, 4))
+
+
 def _torch_rows(cfg, unet_t, vae_t, cond, uncond, job, args, name, dtypes, notes):
     """Reference and tuned torch rows per dtype, on ``args.device``; memory freed after."""
     import torch
 
     side, out = cfg["unet"].sample_size, []
-    n_ref = int(dict(kv.split("=") for kv in args.ref_samples.split(",") if kv).get(name, 4))
+    n_ref = _ref_samples(args.ref_samples, name)
     for dt in dtypes:
         tdt = getattr(torch, dt)
         unet_t.to(args.device, tdt)
@@ -338,7 +349,18 @@ def main() -> None:
         action="store_true",
         help="the reference row slices attention as the published pipeline does",
     )
-    ap.add_argument("--torch-tf32", action="store_true", help="let torch use TF32 on a GPU")
+    ap.add_argument(
+        "--torch-tf32",
+        action="store_true",
+        help="TF32 on a GPU for both sides (torch's allow_tf32, JAX's tf32 precision policy)",
+    )
+    ap.add_argument(
+        "--jax-attention",
+        choices=["auto", "xla"],
+        default="auto",
+        help="auto: cuDNN fused attention for JAX's half-precision rows on a GPU; xla: always "
+        "XLA's attention in query blocks (the A/B)",
+    )
     ap.add_argument("--torch-threads", type=int, default=2)
     ap.add_argument("--check", default="tiny", help="configs whose JAX output is checked")
     ap.add_argument("--json", help="also write the results here")
@@ -351,6 +373,8 @@ def main() -> None:
     torch.set_num_threads(args.torch_threads)
     torch.backends.cuda.matmul.allow_tf32 = args.torch_tf32
     torch.backends.cudnn.allow_tf32 = args.torch_tf32
+    precision.apply("tf32" if args.torch_tf32 else "float32")  # the JAX side, the same
+    sd_unet._CUDNN_ATTENTION = args.jax_attention == "auto"
     all_cfgs = _configs()
     names = [c for c in args.configs.split(",") if c]
     checks = set(args.check.split(","))
@@ -363,6 +387,7 @@ def main() -> None:
         "torch_threads": args.torch_threads,
         "torch_device": args.device,
         "torch_tf32": args.torch_tf32,
+        "jax_attention": args.jax_attention,
         "diffusers": diffusers.__version__,
     }
     if args.device.startswith("cuda"):

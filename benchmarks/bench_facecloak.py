@@ -32,18 +32,24 @@ from jaxcloak.configs.facecloak import get_config
 from jaxcloak.faces import align_face, detect_faces, prepare_photo
 from jaxcloak.faces.chain import paste_realign_taps
 from jaxcloak.nets import load
+from jaxcloak.precision import NAMES, scope
 from jaxcloak.protect import Cloaker, apply_mask
 
 
-def bench_fit(cloaker: Cloaker, face: np.ndarray, m: np.ndarray, batch: int, repeats: int) -> dict:
-    """Time one compiled stage-1+2 call for ``batch`` identities."""
+def bench_fit(
+    cloaker: Cloaker, face: np.ndarray, m: np.ndarray, batch: int, repeats: int
+) -> tuple[dict, list[float]]:
+    """Time one compiled stage-1+2 call for ``batch`` identities; also returns each
+    identity's surrogate cosine between the clean and the masked face (``Cloaker.collect``:
+    the face is the same, the identity keys, hence views and initial masks, differ)."""
     faces = np.repeat(face[None], batch, 0)
     # Build the call's arguments the way Cloaker does, then time the compiled program alone.
     from jaxcloak.anchors import anchor_embeddings
     from jaxcloak.attacks.facecloak import highpass_for
-    from jaxcloak.protect import identity_key
+    from jaxcloak.protect import identity_fold
 
-    e_sim, e_dist, _ = anchor_embeddings(cloaker.recognizer, face, cloaker.pool)
+    anchors = anchor_embeddings(cloaker.recognizer, face, cloaker.pool)
+    e_sim, e_dist, _ = anchors
     taps = paste_realign_taps(m)
     args = (
         *cloaker._params,  # recognizer and view-generator weights
@@ -52,20 +58,25 @@ def bench_fit(cloaker: Cloaker, face: np.ndarray, m: np.ndarray, batch: int, rep
         np.repeat(e_dist[None], batch, 0),
         highpass_for(faces),
         (np.repeat(taps[0][None], batch, 0), np.repeat(taps[1][None], batch, 0)),
-        jnp.stack([identity_key(cloaker.seed, str(i)) for i in range(batch)]),
+        np.full((batch,), cloaker.seed, np.uint32),
+        np.asarray([identity_fold(str(i)) for i in range(batch)], np.uint32),
     )
     t0 = time.perf_counter()
-    compiled = cloaker._fit.lower(*args).compile()
+    with scope(cloaker.precision):
+        compiled = cloaker._fit.lower(*args).compile()
     compile_s = time.perf_counter() - t0
     t = time_calls(lambda: jax.block_until_ready(compiled(*args)), warmup=1, iters=repeats)
+    ids = [str(i) for i in range(batch)]
+    results = cloaker.collect(compiled(*args), faces, ids, [anchors] * batch)
     return {
+        **cloaker.precision.describe(),
         "batch": batch,
         "compile_s": round(compile_s, 2),
         "call_s": round(t["median"], 2),
         "s_per_identity": round(t["median"] / batch, 2),
         "identities_per_min": round(60 * batch / t["median"], 2),
         "repeats": repeats,
-    }
+    }, [r.cos_after for r in results]
 
 
 def bench_apply(photo_rgb_path, delta: np.ndarray, n: int) -> dict:
@@ -93,6 +104,15 @@ def main() -> None:
         default=50,
         help="photos for the mask-application timing (0: skip)",
     )
+    ap.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=NAMES,
+        default=["auto"],
+        help="precision policies to time; each reports the surrogate cosine after protection "
+        "(mean and spread over the first batch's identity keys); float32's spread is the "
+        "yardstick for 'same protection'",
+    )
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
 
@@ -108,29 +128,64 @@ def main() -> None:
             cfg, **{"steps" if args.mode == "fixed" else "passes": args.steps}
         )
     rec = load("sface")
-    cloaker = Cloaker(
-        rec,
-        cfg,
-        make_view_generator("augment", n_views=args.views),
-        builtin_pool(),
-        max_batch=max(args.batches),
-    )
+
+    def cloaker_for(policy: str, seed: int = 0) -> Cloaker:
+        return Cloaker(
+            rec,
+            cfg,
+            make_view_generator("augment", n_views=args.views),
+            builtin_pool(),
+            max_batch=max(args.batches),
+            seed=seed,
+            precision=policy,
+        )
+
     env = environment()
     print(f"# bench_facecloak  {json.dumps(env)}")
     print(
         f"config: {cfg.mode}, {cfg.steps if cfg.mode == 'fixed' else cfg.passes} "
         f"{'steps' if cfg.mode == 'fixed' else 'passes'}, {args.views} views + real face\n"
     )
-    rows = []
-    print("| identities per call | compile s | call s (median) | s per identity | identities/min |")
-    print("|---|---|---|---|---|")
-    for b in args.batches:
-        r = bench_fit(cloaker, crop, m, b, args.repeats)
-        rows.append(r)
+    rows, quality = [], []
+    print(
+        "| precision | identities per call | compile s | call s (median) | s per identity | "
+        "identities/min |"
+    )
+    print("|---|---|---|---|---|---|")
+    for policy in args.precisions:
+        cloaker = cloaker_for(policy)
+        for b in args.batches:
+            r, cos = bench_fit(cloaker, crop, m, b, args.repeats)
+            rows.append(r)
+            print(
+                f"| {r['precision']} | {b} | {r['compile_s']} | {r['call_s']} | "
+                f"{r['s_per_identity']} | {r['identities_per_min']} |",
+                flush=True,
+            )
+            if b == args.batches[0]:
+                quality.append(
+                    {
+                        "precision": r["precision"],
+                        "identities": b,
+                        "cos_after_mean": float(np.mean(cos)),
+                        "cos_after_std": float(np.std(cos)),
+                    }
+                )
+    base = next((q for q in quality if q["precision"] == "float32"), None)
+    if len(quality) > 1 and base is not None:
+        # Same protection = the policy's mean cosine within float32's identity-to-identity
+        # standard deviation (same face, different keys: the run-to-run spread).
+        for q in quality:
+            q["within_float32_spread"] = bool(
+                abs(q["cos_after_mean"] - base["cos_after_mean"]) <= base["cos_after_std"]
+            )
         print(
-            f"| {b} | {r['compile_s']} | {r['call_s']} | {r['s_per_identity']} | "
-            f"{r['identities_per_min']} |",
-            flush=True,
+            "\nsurrogate cosine clean vs protected (lower is stronger), mean +- std over "
+            f"{base['identities']} identity keys: "
+            + ", ".join(
+                f"{q['precision']} {q['cos_after_mean']:.3f} +- {q['cos_after_std']:.3f}"
+                for q in quality
+            )
         )
     ap_row = None
     if args.apply_photos > 0:  # 0: time the fit only
@@ -144,7 +199,7 @@ def main() -> None:
         )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"env": env, "fit": rows, "apply": ap_row}, f, indent=2)
+            json.dump({"env": env, "fit": rows, "precision": quality, "apply": ap_row}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -195,7 +195,9 @@ def run_config(name, args, people, cloaker_parts, scorer, clean_desc) -> dict:
     sface, pool, views = cloaker_parts
     cfg = config_for(name, args.strength)
     views = views_for(name, views, pool)
-    cloaker = Cloaker(sface, cfg, views, pool, max_batch=args.batch, seed=args.seed)
+    cloaker = Cloaker(
+        sface, cfg, views, pool, max_batch=args.batch, seed=args.seed, precision=args.precision
+    )
     refs = [
         (person, i)
         for person, photos in people.items()
@@ -213,7 +215,7 @@ def run_config(name, args, people, cloaker_parts, scorer, clean_desc) -> dict:
         for (person, i), face, m, ident in zip(refs, faces, mats, ids, strict=True):
             others = [ph.faces[0].crop for k, ph in enumerate(people[person]) if k != i]
             v = MultiPhotoViews(views, np.stack(others).astype(np.float32) / 255.0)
-            c = Cloaker(sface, cfg, v, pool, max_batch=1, seed=args.seed)
+            c = Cloaker(sface, cfg, v, pool, max_batch=1, seed=args.seed, precision=args.precision)
             fits += c.fit(face[None], [ident], [m])
             cloaker.compile_seconds[len(fits)] = sum(c.compile_seconds.values())
     else:
@@ -248,6 +250,8 @@ def run_config(name, args, people, cloaker_parts, scorer, clean_desc) -> dict:
     row = {
         "config": name,
         "strength": args.strength,
+        "seed": args.seed,
+        "precision": cloaker.precision.describe(),
         "cloak_config": cfg.to_dict(),
         "views": cloaker.views.config(),
         "identities": len(refs),
@@ -274,6 +278,12 @@ def main() -> None:
     ap.add_argument("--views", type=int, default=8)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--precision",
+        default="float32",
+        choices=["float32", "tf32", "bfloat16"],
+        help="the fit's precision policy (jaxcloak.precision); the scoring stays float32",
+    )
     ap.add_argument("--out", type=Path, default=Path("protection.jsonl"))
     args = ap.parse_args()
 
@@ -293,7 +303,8 @@ def main() -> None:
             f.write(json.dumps(row) + "\n")
         p = row["psr"]
         print(
-            f"{name:>16}: universal sface {p['universal/none/sface']['psr']:.0%} "
+            f"{name:>16} {args.precision} seed {args.seed}: universal sface "
+            f"{p['universal/none/sface']['psr']:.0%} "
             f"dlib {p['universal/none/dlib']['psr']:.0%} | per-photo sface "
             f"{p['per_photo/none/sface']['psr']:.0%} dlib {p['per_photo/none/dlib']['psr']:.0%} | "
             f"jpeg75 univ sface {p['universal/jpeg75/sface']['psr']:.0%} dlib "

@@ -7,9 +7,10 @@
 
 On a GPU: JAX's workers use its default device (the GPU when a CUDA jaxlib is installed);
 ``--torch-device cuda`` puts every PyTorch module and input on the GPU too (default ``cpu``).
-Float32 is true float32 on both sides (jaxcloak's layers ask for HIGHEST precision; the JAX
-workers' default matmul precision is set to "highest" and torch's TF32 is switched off), so
-the two compute the same thing. The harness process itself
+Both sides run at the same stated precision (``--precision``): float32 (default) is true
+float32 (the JAX workers run under jaxcloak's float32 precision policy, HIGHEST matmuls, and
+torch's TF32 is off), tf32 lets both use TF32 on a GPU (JAX's tf32 policy, torch's
+``allow_tf32`` for matmuls and cuDNN); on a CPU the two are the same. The harness process itself
 keeps JAX on the CPU (it only prepares inputs and scores outcomes), so each worker has the GPU
 to itself; the devices, GPU name and precision are recorded with the environment.
 
@@ -70,11 +71,18 @@ class Size:
     map_variant: str
     map_n_train: int
     repeats: int
+    map_unroll: bool | None = None  # MapConfig.unroll (None: by backend)
+    machine_small: bool = False  # the machine row at sizes that only check the code
 
 
 SIZES = {
     "default": Size(("sface", "ir50"), (1, 8, 32), PASSES, 1, False, "embedded", 6, 5),
     "quick": Size(("sface",), (1, 2), 1, 1, False, "tiny", 2, 3),
+    # benchmarks/gpu_suite.py: faithful per identity at batch 1 and 32, the paper-size MAP
+    # score network; and its --tiny mode (the script's correctness, in seconds on a CPU).
+    "gpu": Size(("sface", "ir50"), (1, 32), PASSES, 1, False, "celeba_hq", 6, 3),
+    # tiny: the rolled DDIM chain compiles in a third of the time (same values)
+    "tiny": Size(("sface",), (1,), 1, 1, False, "tiny", 2, 1, map_unroll=False, machine_small=True),
 }
 
 
@@ -221,19 +229,21 @@ def _flops(fn, *args) -> float | None:
 
 
 def _jax_setup(row: dict) -> str:
-    """True float32 matmuls when JAX runs on a GPU (its default there may be TF32); return its
-    device as ``platform:kind``. On CPU nothing changes (float32 is float32 there)."""
+    """The row's precision policy (``row["precision"]``, default float32) for this worker's
+    JAX programs; return its device as ``platform:kind``."""
     import jax
 
+    from jaxcloak import precision
+
+    precision.apply(row.get("precision", "float32"))
     dev = jax.devices()[0]
-    if dev.platform != "cpu":
-        jax.config.update("jax_default_matmul_precision", "highest")
     return f"{dev.platform}:{getattr(dev, 'device_kind', '')}"
 
 
 def _torch_setup(row: dict, autotune: bool = False):
-    """The row's torch device (``row["torch_device"]``), TF32 off on CUDA (true float32, as
-    the JAX side); a clear error if CUDA was asked for and is not there.
+    """The row's torch device (``row["torch_device"]``), TF32 on CUDA as the row's precision
+    says (off for float32, as the JAX side); a clear error if CUDA was asked for and is not
+    there.
 
     ``autotune`` (the tuned rows): cuDNN picks its convolution algorithms by timing them, as
     XLA does when it compiles the JAX side; the as-coded rows keep torch's defaults.
@@ -248,8 +258,9 @@ def _torch_setup(row: dict, autotune: bool = False):
                 f"row {what}: --torch-device cuda, but torch {torch.__version__} sees no CUDA "
                 "device"
             )
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False  # torch's default is True for convolutions
+        tf32 = row.get("precision", "float32") == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32  # torch's default is True for convolutions
         torch.backends.cudnn.benchmark = autotune
     return device
 
@@ -643,7 +654,9 @@ def markdown(result: dict) -> str:
     peak_conv = max(m["jax_conv"], m["torch_conv"])
     devices = f"JAX on {env.get('device', '?')}, torch on {env.get('torch_device', 'cpu')}"
     if env.get("gpu_name"):
-        devices += f" ({env['gpu_name']}; float32 without TF32 on both sides)"
+        prec = env.get("precision", "float32")
+        tf32 = "TF32 allowed" if prec == "tf32" else "float32 without TF32"
+        devices += f" ({env['gpu_name']}; {tf32} on both sides)"
     lines = [
         f"Machine: attainable float32 matmul {peak_mm:.1f} GFLOP/s (JAX {m['jax_matmul']:.1f}, "
         f"torch {m['torch_matmul']:.1f}), 3x3 conv {peak_conv:.1f} GFLOP/s (JAX "
@@ -694,9 +707,9 @@ MAP_TERMS = ("loss_id", "loss_expr", "loss_l1", "loss_smooth", "loss_total")
 MAP_PARITY_STEPS = 3
 
 
-def map_config(n_train: int):
+def map_config(n_train: int, unroll: bool | None = None):
     """The demo preset made DiffAM-style: no projection, no score matching (both sides then
-    optimise the same weighted sum)."""
+    optimise the same weighted sum); ``unroll`` as :class:`MapConfig`'s."""
     from jaxcloak.configs.map import get_config
 
     # One fused backward of the summed loss and no remat: what the PyTorch step computes
@@ -708,6 +721,7 @@ def map_config(n_train: int):
         conflict_stats=False,
         remat=False,
         n_train=n_train,
+        unroll=unroll,
     )
 
 
@@ -723,7 +737,8 @@ def map_inputs(size: Size) -> dict:
 
     net = shared_score_net(size.map_variant, seed=0, zero_out=True)
     x0 = _face(net.config.resolution)
-    x_lat = invert_faces(net.eps_fn, map_config(size.map_n_train))(net.params, x0, make_schedule())
+    config = map_config(size.map_n_train, size.map_unroll)
+    x_lat = invert_faces(net.eps_fn, config)(net.params, x0, make_schedule())
     target = embedder("sface")(_face_crops()[4:5].astype(np.float32) / 255)[0]
     return {"x0": np.asarray(x0), "x_lat": np.asarray(x_lat), "target": target}
 
@@ -731,7 +746,7 @@ def map_inputs(size: Size) -> dict:
 HAPPY = 3  # fer_xception.EMOTIONS.index("happy")
 
 
-def jax_map_step(variant: str, n_train: int, inputs: dict):
+def jax_map_step(variant: str, n_train: int, inputs: dict, unroll: bool | None = None):
     """The JAX MAP step and its arguments: ``(step, config, (state, batch, args))``."""
     import jax
     import jax.numpy as jnp
@@ -742,7 +757,7 @@ def jax_map_step(variant: str, n_train: int, inputs: dict):
     from jaxcloak.map_run import fer_expression_loss
     from jaxcloak.nets import fer_xception
 
-    config = map_config(n_train)
+    config = map_config(n_train, unroll)
     net = shared_score_net(variant, seed=0, zero_out=True)
     embed, fr_params = surrogate("sface", "jax")
     step = make_map_step(net.eps_fn, make_schedule(), embed, fer_expression_loss(), config)
@@ -759,7 +774,9 @@ def worker_map_jax(row: dict, inputs: dict) -> dict:
     import numpy as np
 
     _jax_setup(row)
-    step, config, (state, batch, args) = jax_map_step(row["variant"], row["n_train"], inputs)
+    step, config, (state, batch, args) = jax_map_step(
+        row["variant"], row["n_train"], inputs, row.get("unroll")
+    )
     t0 = time.perf_counter()
     compiled = step.lower(state, batch, args).compile()
     compile_s = time.perf_counter() - t0
@@ -807,7 +824,7 @@ def worker_map_torch(row: dict, inputs: dict) -> dict:
         net,
         [(module, embed, 1.0)],
         load_fer_torch(requires_grad=not tuned, device=device),
-        map_config(row["n_train"]),
+        map_config(row["n_train"], row.get("unroll")),
         tuned=tuned,
         compile=row["side"] == "torch-compiled",
     )
@@ -850,6 +867,7 @@ def map_rows(size: Size, tmp: Path, log, devices: dict | None = None) -> list[di
             "side": side,
             "variant": size.map_variant,
             "n_train": size.map_n_train,
+            "unroll": size.map_unroll,
             "repeats": size.repeats,
             **(devices or {}),
         }
@@ -930,7 +948,18 @@ def main() -> None:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
     p.add_argument("--quick", action="store_true", help="small sizes: the harness in ~3 min")
+    p.add_argument(
+        "--size",
+        choices=sorted(SIZES),
+        help="a named size (overrides --quick): gpu and tiny are benchmarks/gpu_suite.py's",
+    )
     p.add_argument("--only", choices=["facecloak", "map"], help="run one workload")
+    p.add_argument(
+        "--precision",
+        choices=["float32", "tf32"],
+        default="float32",
+        help="both sides' precision: float32 (true FP32, default) or tf32 (TF32 on a GPU)",
+    )
     p.add_argument(
         "--torch-compile",
         action="store_true",
@@ -960,8 +989,8 @@ def main() -> None:
     jax.config.update("jax_platforms", "cpu")
     from timing import environment
 
-    devices = {"torch_device": args.torch_device}
-    size = SIZES["quick" if args.quick else "default"]
+    devices = {"torch_device": args.torch_device, "precision": args.precision}
+    size = SIZES[args.size or ("quick" if args.quick else "default")]
     if args.torch_compile:
         size = dataclasses.replace(size, fc_compile_torch=True)
     t_start = time.perf_counter()
@@ -971,6 +1000,7 @@ def main() -> None:
 
     result: dict = {"env": environment(), "size": dataclasses.asdict(size)}
     result["env"]["command"] = " ".join(["python", "benchmarks/run.py", *sys.argv[1:]])
+    result["env"]["precision"] = args.precision
     with tempfile.TemporaryDirectory(prefix="jaxcloak-bench-") as d:
         tmp = Path(d)
         log("machine: attainable matmul / conv throughput...")
@@ -979,7 +1009,9 @@ def main() -> None:
             "matmul_n": 1024 if args.quick else 2048,
             "conv": (8, 56, 128),
         }
-        if args.torch_device == "cuda":  # the CPU sizes take a GPU well under a millisecond
+        if size.machine_small:
+            machine.update(matmul_n=256, conv=(1, 16, 32))
+        elif args.torch_device == "cuda":  # the CPU sizes take a GPU well under a millisecond
             machine.update(matmul_n=8192, conv=(64, 56, 128))
         m = result["machine"] = _run_worker({**machine, **devices}, None, tmp / "machine.npz")
         result["env"].update(

@@ -172,6 +172,9 @@ class AnchorPool:
         return emb
 
 
+_MIN_BUCKET = 8
+
+
 def embed_faces(recognizer: FaceRecognizer, faces: np.ndarray, *, chunk: int = 32) -> np.ndarray:
     """Embed aligned uint8 faces with one jitted call per chunk.
 
@@ -191,8 +194,11 @@ def embed_faces(recognizer: FaceRecognizer, faces: np.ndarray, *, chunk: int = 3
     n = faces.shape[0]
     if n == 0:
         return np.zeros((0, recognizer.spec.embedding_dim), np.float32)
-    batch = bucket_for(n, chunk)
-    fn = jax.jit(recognizer.embed)
+    # Small calls (one face, a clean/protected pair, a photo's faces) all share the one
+    # program of the smallest bucket at or above 8: a cold run compiles one embedding
+    # program for them instead of one per count; padding a few rows costs milliseconds.
+    batch = bucket_for(max(n, min(_MIN_BUCKET, chunk)), chunk)
+    fn = jax.jit(recognizer.embed)  # jit's caches are keyed on the function: shared
     out = []
     for start in range(0, n, batch):
         x = faces[start : start + batch]

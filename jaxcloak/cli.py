@@ -27,6 +27,9 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 
+#: jaxcloak.precision.NAMES, spelled out so that building the parser does not import JAX.
+PRECISIONS = ("auto", "float32", "tf32", "bfloat16")
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -269,6 +272,19 @@ def _number(kind: type, lo: float | None = None, hi: float | None = None, *, ope
     return parse
 
 
+def _add_precision_arg(g) -> None:
+    g.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        default="auto",
+        help="precision policy of every network (README, 'Precision'): float32 (true FP32), "
+        "tf32 (TF32 matmuls on GPUs; same as float32 on CPUs), bfloat16 (the networks' "
+        "weights and activations; masks, trained weights, optimisers and losses stay "
+        "float32); default auto = float32 on every backend until a GPU measurement says "
+        "otherwise (recorded in the manifest)",
+    )
+
+
 def _add_cloak_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("protection settings")
     g.add_argument(
@@ -349,13 +365,7 @@ def _add_cloak_args(p: argparse.ArgumentParser) -> None:
         help="people optimised together in one compiled call (default 8; rounded up to a "
         "multiple of the device count, the batch is split over all local devices)",
     )
-    g.add_argument(
-        "--precision",
-        choices=["float32", "bfloat16"],
-        default="float32",
-        help="surrogate network precision (bfloat16: faster on GPUs/TPUs, the mask and its "
-        "optimiser stay float32; default float32)",
-    )
+    _add_precision_arg(g)
     f = p.add_argument_group("faces")
     f.add_argument(
         "--faces",
@@ -425,7 +435,7 @@ def _make_cloaker(args: argparse.Namespace, extra_photos: np.ndarray | None = No
         far_anchor_face=far,
         max_batch=args.batch,
         seed=args.seed,
-        compute_dtype=None if args.precision == "float32" else args.precision,
+        precision=args._precision,
         max_extra=MAX_GROUP_PHOTOS if getattr(args, "views_from", None) == "group" else 0,
     )
 
@@ -472,7 +482,7 @@ def _view_generator(args: argparse.Namespace):
             f"error: --id-model {args.id_model} gives {fr.spec.embedding_dim}-d embeddings; "
             "Arc2Face takes 512-d ArcFace identities"
         )
-    dtype = "bfloat16" if getattr(args, "precision", "float32") == "bfloat16" else "float32"
+    dtype = args._precision.describe()["dtype"]
     return make_view_generator(
         "arc2face",
         nets=nets,
@@ -605,21 +615,21 @@ def _cmd_protect(args: argparse.Namespace) -> int:
         plan_outputs,
         protect_files,
     )
-    from .runtime import init_distributed, process_share
+    from .runtime import process_share
 
     if args.demo:
         from .demo import run_demo
 
-        return run_demo(Path(args.output or "jaxcloak-report"), _make_cloaker(args))
+        outdir = Path(args.output or "jaxcloak-report")
+        rc = run_demo(outdir, _make_cloaker(args), evaluate=not args.no_eval)
+        _print_compiles(args, outdir / "protected" / "manifest.json")
+        return rc
     inputs = list(args.photos) + (_read_file_list(args.files_from) if args.files_from else [])
     if not inputs:
         raise SystemExit("error: give photos or folders to protect (or --files-from, or --demo)")
     if not args.output:
         raise SystemExit("error: -o/--output OUTDIR is required")
-    try:  # before anything touches a device: JAX must join the job first
-        index, count = init_distributed(args.coordinator, args.num_processes, args.process_id)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from e
+    index, count = args._process  # joined in main(), before anything touched a device
     outdir = Path(args.output)
     try:
         check_output_folder(outdir, inputs)
@@ -856,8 +866,9 @@ def _add_map_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--no-eval",
         action="store_true",
-        help="protect --method map: skip the evaluation report (OUTDIR/eval: dodging and "
-        "impersonation rates for SFace and the dlib black box, quality, robustness)",
+        help="protect --method map and --demo: skip the evaluation report (OUTDIR/eval: "
+        "dodging and impersonation rates for SFace and the dlib black box, quality, "
+        "robustness)",
     )
 
 
@@ -932,6 +943,7 @@ def _run_map_call(args, photos, run_dir, config, score, load_surrogate):
         resume=not args.no_resume,
         progress=_progress,
         out_format=args.format,
+        precision=args._precision,
     )
 
 
@@ -1356,7 +1368,8 @@ def build_parser() -> argparse.ArgumentParser:
         "fit",
         help="fine-tune on PHOTOS toward --target and --expression, write RUN_DIR",
         description="Align each photo's largest face into the score network's frame, invert it "
-        "with DDIM, fine-tune the score network (one jitted step: DDIM chain with remat, "
+        "with DDIM, fine-tune the score network (one jitted step: DDIM chain, remat where memory "
+        "needs it, "
         "identity/expression/quality gradients from one batched backward, score matching, "
         "GradVac projection, Adam; orbax checkpoints, resumable), regenerate each face and "
         "paste the edit back. RUN_DIR gets protected/, traces.json, result.json, report.md.",
@@ -1376,6 +1389,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_args(p_mfit)
     _add_cache_args(p_mfit)
     _add_map_args(p_mfit)
+    _add_precision_arg(p_mfit)
     p_mfit.set_defaults(func=_cmd_map_fit)
     p_map.set_defaults(func=lambda a: (p_map.print_help(), 2)[1])
 
@@ -1473,10 +1487,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    from .runtime import CompileCounter, enable_compile_cache
+    from . import precision
+    from .runtime import CompileCounter, enable_compile_cache, init_distributed
 
     args._cache_dir = enable_compile_cache(_compile_cache_dir(args))
     args._compiles = CompileCounter()
+    args._process = (0, 1)
+    if hasattr(args, "coordinator") and not getattr(args, "demo", False):
+        # A multi-process job is joined before anything touches a device, the precision
+        # policy's backend query below included.
+        try:
+            args._process = init_distributed(args.coordinator, args.num_processes, args.process_id)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from e
+    # The precision policy, for the whole process (commands without --precision: auto).
+    args._precision = precision.apply(precision.resolve(getattr(args, "precision", "auto")))
     try:
         return int(args.func(args))
     except OSError as e:

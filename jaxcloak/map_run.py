@@ -42,6 +42,7 @@ from .attacks.map import (
     invert_faces,
     make_map_step,
     regenerate,
+    resolve_auto,
 )
 from .diffusion import make_schedule
 from .faces import paste_back
@@ -54,6 +55,8 @@ from .nets.registry import FaceRecognizer
 from .objectives.expression import fer_ce
 from .objectives.map import FaceFrame
 from .parallel import make_mesh, run_batched
+from .precision import Policy, scope, wrap_network
+from .precision import resolve as resolve_precision
 
 __all__ = [
     "EMBEDDED_VARIANT",
@@ -248,16 +251,58 @@ def run_map(
     progress: Callable | None = None,
     out_format: str | None = None,
     mesh: Mesh | None = None,
+    precision: Policy | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``score`` on the photos' faces toward the target identity and expression.
 
     Returns the ``result.json`` content; also writes the protected photos (``run_dir /
     "protected"``), ``traces.json``, ``report.md`` and orbax checkpoints (``checkpoints/``,
-    resumed from when ``resume`` and the run's settings match).
+    resumed from when ``resume`` and the run's settings match). ``precision`` (default: the
+    backend's ``auto``, :mod:`jaxcloak.precision`) is the policy the score network and the
+    surrogate run under; the fine-tuned weights, Adam and the losses stay float32.
 
     Raises:
       ValueError / ImageReadError / NoFaceError: naming the photo that cannot be used.
     """
+    policy = precision or resolve_precision()
+    with scope(policy):  # every program below is traced under the policy's matmul precision
+        return _run_map(
+            photos,
+            target_photo,
+            run_dir,
+            recognizer=recognizer,
+            expression=expression,
+            expression_loss=expression_loss,
+            expression_ref=expression_ref,
+            config=config,
+            score=score,
+            seed=seed,
+            resume=resume,
+            progress=progress,
+            out_format=out_format,
+            mesh=mesh,
+            policy=policy,
+        )
+
+
+def _run_map(
+    photos: Sequence[Path],
+    target_photo: Path,
+    run_dir: Path,
+    *,
+    recognizer: FaceRecognizer,
+    expression: str,
+    expression_loss: str,
+    expression_ref: Path | None,
+    config: MapConfig,
+    score: ScoreNet,
+    seed: int,
+    resume: bool,
+    progress: Callable | None,
+    out_format: str | None,
+    mesh: Mesh | None,
+    policy: Policy,
+) -> dict[str, Any]:
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -275,6 +320,12 @@ def run_map(
     else:
         expr_target = jnp.asarray(emo, jnp.int32)
 
+    # Decide remat/unroll now, so the settings record what runs (jaxcloak.attacks.map).
+    side = score.config.resolution
+    batch_shape = jax.ShapeDtypeStruct((len(faces), side, side, 3), jnp.float32)
+    schedule = make_schedule()
+    eps_fn = wrap_network(score.eps_fn, policy)
+    config = resolve_auto(config, eps_fn, score.params, batch_shape, schedule)
     settings = {
         "photos": [str(f.path) for f in faces],
         "target": str(target_photo),
@@ -285,13 +336,16 @@ def run_map(
         "score_net": score.source,
         "score_net_trained": score.trained,
         "seed": seed,
+        "precision": policy.describe(),
         "config": dataclasses.asdict(config),
     }
     settings_path = run_dir / "settings.json"
 
     def comparable(s: dict[str, Any]) -> dict[str, Any]:
-        # More steps (or another checkpoint interval) continue the same run.
-        cfg = {k: v for k, v in s["config"].items() if k not in ("steps", "checkpoint_every")}
+        # More steps, another checkpoint interval, or remat/unroll decided otherwise on
+        # another machine (the same values) continue the same run.
+        free = ("steps", "checkpoint_every", "remat", "unroll")
+        cfg = {k: v for k, v in s["config"].items() if k not in free}
         return {**s, "config": cfg}
 
     if (
@@ -304,16 +358,19 @@ def run_map(
         )
     atomic_write_json(settings_path, settings)
 
-    schedule = make_schedule()
     x0 = _to_pm1(np.stack([f.crop for f in faces]))
     # Inversion and regeneration are per image: split the photos over the devices.
     mesh = mesh if mesh is not None else make_mesh()
-    inv = invert_faces(score.eps_fn, config)
+    inv = invert_faces(eps_fn, config)
     x_lat = run_batched(lambda p, s, x: inv(p, x, s), mesh, (score.params, schedule), (x0,))
     frozen = score.params if config.sm_variant == "distill" else None
     inputs = MapInputs(recognizer.params, jnp.asarray(target_emb), fer_params, expr_target, frozen)
     step_fn = make_map_step(
-        score.eps_fn, schedule, recognizer.embed, fer_expression_loss(expression_loss), config
+        eps_fn,
+        schedule,
+        wrap_network(recognizer.embed, policy),
+        fer_expression_loss(expression_loss),
+        config,
     )
     # Copy: the step donates its state, and the frozen weights must survive.
     state = init_state(jax.tree.map(jnp.copy, score.params), config, jax.random.PRNGKey(seed))
@@ -356,7 +413,7 @@ def run_map(
     atomic_write_json(traces_path, traces)
 
     # Regenerate with the fine-tuned weights and paste the crop-space edit back.
-    regen = regenerate(score.eps_fn, config)
+    regen = regenerate(eps_fn, config)
     x_hat, x_rec = (
         run_batched(lambda p, s, x: regen(p, x, s), mesh, (params, schedule), (x_lat,))
         for params in (state.params, score.params)

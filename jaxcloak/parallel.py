@@ -19,6 +19,7 @@ inversion), so the only layout it needs is a 1-D mesh whose ``data`` axis splits
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -147,3 +148,12 @@ def cast_floating(tree: Any, dtype: Any) -> Any:
         lambda a: a.astype(dtype) if jax.numpy.issubdtype(a.dtype, jax.numpy.floating) else a,
         tree,
     )
+
+
+def device_memory_bytes(device: jax.Device | None = None) -> int:
+    """Memory of ``device`` (default: JAX's first): the allocator's limit on an accelerator,
+    the host's physical memory on a CPU (whose device reports none)."""
+    stats = (device or jax.devices()[0]).memory_stats() or {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -29,7 +28,6 @@ from .faces.photo import Photo
 from .nets.registry import FaceRecognizer
 from .parallel import (
     bucket_for,
-    cast_floating,
     data_parallel,
     make_mesh,
     n_shards,
@@ -37,6 +35,7 @@ from .parallel import (
     replicate,
     shard_rows,
 )
+from .precision import Policy, resolve, scope, wrap_network
 
 
 def identity_key(seed: int, reference_id: str) -> jax.Array:
@@ -45,7 +44,17 @@ def identity_key(seed: int, reference_id: str) -> jax.Array:
     Keyed by content rather than position, so resuming or reordering a batch job gives every
     identity the same mask.
     """
-    fold = int(hashlib.sha256(reference_id.encode()).hexdigest()[:8], 16)
+    return fold_key(seed, identity_fold(reference_id))
+
+
+def identity_fold(reference_id: str) -> int:
+    """The 32-bit number :func:`identity_key` folds into the seed for ``reference_id``."""
+    return int(hashlib.sha256(reference_id.encode()).hexdigest()[:8], 16)
+
+
+def fold_key(seed: int | jax.Array, fold: int | jax.Array) -> jax.Array:
+    """``fold`` folded into the key of ``seed``: on the host (Python ints) or traced inside
+    the fit (uint32 arrays), the same key."""
     return jax.random.fold_in(jax.random.key(seed), fold)
 
 
@@ -75,8 +84,9 @@ class Cloaker:
       max_batch: most identities per compiled call (rounded up to whole devices).
       seed: the run's seed; every identity's key derives from it.
       mesh: devices the identity batch is split over (default: all of this process's).
-      compute_dtype: "bfloat16" runs the surrogate's weights and activations in bf16 (the
-        mask, its optimiser and the loss stay float32); None keeps float32.
+      precision: the precision policy (:mod:`jaxcloak.precision`: a name or a Policy; None
+        is ``auto``) the surrogate runs under inside the fit; the mask, its optimiser and the
+        loss stay float32 whatever it is.
       max_extra: other photos of the person each identity may bring (:meth:`fit`'s
         ``extras``); they are an argument of the compiled program, padded to this many, and
         every photo feeds the views (:func:`jaxcloak.attacks.views.views_of_photos`). 0: the
@@ -95,7 +105,7 @@ class Cloaker:
         max_batch: int = 8,
         seed: int = 0,
         mesh: Mesh | None = None,
-        compute_dtype: str | None = None,
+        precision: Policy | str | None = None,
         max_extra: int = 0,
     ):
         self.recognizer = recognizer
@@ -107,15 +117,17 @@ class Cloaker:
         self.max_batch = max_batch
         self.seed = seed
         self.mesh = mesh if mesh is not None else make_mesh()
-        self.compute_dtype = compute_dtype
-        one = make_cloak(with_compute_dtype(recognizer.embed, compute_dtype), config)
+        self.precision = precision if isinstance(precision, Policy) else resolve(precision)
+        one = make_cloak(wrap_network(recognizer.embed, self.precision), config)
 
         view_params = getattr(views, "params", None)
         if max_extra < 0 or (max_extra and view_params is not None):
             raise ValueError("max_extra must be >= 0, and 0 with a generator that has weights")
         self.max_extra = max_extra
 
-        def fit_one(params, vparams, face, e_sim, e_dist, highpass, taps, key, *more):
+        def fit_one(params, vparams, face, e_sim, e_dist, highpass, taps, seed, fold, *more):
+            # identity_key, derived inside the program (no small key programs to compile)
+            key = fold_key(seed, fold)
             k_views, k_cloak = jax.random.split(key)
             if more:  # the person's other photos, padded to max_extra, and how many are real
                 v = views_of_photos(views, face, more[0], more[1], key=k_views)
@@ -127,7 +139,7 @@ class Cloaker:
 
         # One program per (bucket, config): weights are arguments (replicated), faces vmapped
         # and split over the mesh's devices.
-        batched = (False, False, True, True, True, True, True, True) + (True, True) * bool(
+        batched = (False, False, True, True, True, True, True, True, True) + (True, True) * bool(
             max_extra
         )
         self._fit = data_parallel(fit_one, self.mesh, batched)
@@ -148,7 +160,7 @@ class Cloaker:
             "anchor_rule": self.anchor_rule,
             "pool": {"source": self.pool.source, "size": len(self.pool)},
             "seed": self.seed,
-            "compute_dtype": self.compute_dtype or "float32",
+            "precision": self.precision.describe(),
             "max_extra_photos": self.max_extra,
             "jaxcloak_version": __version__,
         }
@@ -225,14 +237,14 @@ class Cloaker:
             raise ValueError(f"{n} faces exceed the largest bucket {b}; use fit()")
         if anchors is None:
             anchors = [self.anchors_for(f) for f in faces]
-        keys = jnp.stack([identity_key(self.seed, i) for i in reference_ids])
         rows = (
             np.asarray(faces, np.float32) / 255.0,
             np.stack([a[0] for a in anchors]),
             np.stack([a[1] for a in anchors]),
             highpass_for(faces),
             (np.stack([t[0] for t in taps]), np.stack([t[1] for t in taps])),
-            keys,
+            np.full((n,), self.seed, np.uint32),
+            np.asarray([identity_fold(i) for i in reference_ids], np.uint32),
         )
         if self.max_extra:
             rows = (*rows, *self._extra_rows(extras, n))
@@ -240,11 +252,12 @@ class Cloaker:
             raise ValueError("extra photos need a Cloaker built with max_extra > 0")
         rows, _ = pad_rows(rows, n, b)
         args = (*self._params, *shard_rows(rows, self.mesh))
-        if b not in self.compile_seconds:
-            t0 = time.perf_counter()
-            self._fit.lower(*args).compile()  # cached by jit for the call below
-            self.compile_seconds[b] = time.perf_counter() - t0
-        return self._fit(*args), anchors
+        with scope(self.precision):  # traced (and keyed) under the policy's matmul precision
+            if b not in self.compile_seconds:
+                t0 = time.perf_counter()
+                self._fit.lower(*args).compile()  # cached by jit for the call below
+                self.compile_seconds[b] = time.perf_counter() - t0
+            return self._fit(*args), anchors
 
     def _extra_rows(self, extras, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(n, max_extra, S, S, 3) float32 [0, 1] zero-padded crops, and (n,) int32 counts."""
@@ -306,22 +319,3 @@ def apply_mask(photo: Photo, masks: Sequence[np.ndarray], **paste_kwargs) -> np.
         if m.shape != photo.faces[0].crop.shape:
             raise ValueError(f"mask is {m.shape}, crops are {photo.faces[0].crop.shape}")
     return photo.paste(list(masks), **paste_kwargs)
-
-
-def with_compute_dtype(embed, dtype: str | None):
-    """``embed`` running in ``dtype`` (weights and input cast), returning float32 embeddings.
-
-    bf16 halves memory traffic on accelerators; the optimisation around it stays float32.
-    """
-    if dtype in (None, "float32"):
-        return embed
-    if dtype != "bfloat16":
-        raise ValueError(f"compute dtype must be float32 or bfloat16, got {dtype!r}")
-
-    def low(params, x, **kw):
-        params, x = cast_floating((params, x), jnp.bfloat16)
-        return embed(params, x, **kw).astype(jnp.float32)
-
-    if hasattr(embed, "sites"):  # still editable (jaxcloak.objectives.surrogate)
-        low.sites = embed.sites
-    return low

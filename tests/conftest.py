@@ -10,6 +10,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The CLI's persistent compile cache is decided once per process at the first compilation;
 # in-process CLI tests must not depend on test order, so it is off unless a test turns it on.
 os.environ.setdefault("JAXCLOAK_COMPILE_CACHE", "off")
+# The float32 precision policy for the whole session, as the CLI sets it (true FP32: the
+# parity tolerances mean the same on any backend, and in-process CLI runs do not change the
+# setting under later tests, which would retrace everything).
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 
 import pytest
 

@@ -146,7 +146,8 @@ def test_second_run_loads_every_program_from_the_persistent_cache(killed_and_res
     assert run.returncode == 0, run.stdout + run.stderr
     assert _compiled(run.stdout) == 0, run.stdout
     data = json.loads((out / "manifest.json").read_text())["compilation"]
-    assert data["compiled"] == 0 and data["cache_hits"] > 5
+    # Everything loaded: at least the fit and the one bucketed embedding program.
+    assert data["compiled"] == 0 and data["cache_hits"] >= 2
     assert Path(data["cache_dir"]) == r["cache"]
     # Same bytes as the killed-and-resumed job: determinism across processes and restarts.
     for p in photos.glob("*.jpg"):

@@ -171,3 +171,47 @@ def test_fused_backward_equals_weighted_sum(setup):
     assert np.isfinite(out["plain"][1]["grad_cos_global"])
     with pytest.raises(ValueError, match="projection='none'"):
         dataclasses.replace(CONFIG, conflict_stats=False)
+
+
+def test_auto_settings_follow_backend_and_memory(setup):
+    """unroll (None) unrolls on CPUs only; remat (None) turns on exactly when the chain's
+    stored activations pass a quarter of the device memory; explicit values are kept."""
+    from jaxcloak.attacks.map import REMAT_SHARE, chain_residual_bytes, resolve_auto
+
+    params, batch, _ = setup
+    schedule = make_schedule()
+    stored = chain_residual_bytes(eps_fn, params, batch.x_lat, CONFIG.train_pairs, schedule)
+    # At least the n_train UNet inputs and hidden activations of this toy net, float32.
+    assert stored >= CONFIG.n_train * batch.x_lat.size * 4
+    auto = dataclasses.replace(CONFIG, remat=None, unroll=None)
+
+    def resolved(backend, memory):
+        c = resolve_auto(
+            auto, eps_fn, params, batch.x_lat, schedule, backend=backend, memory_bytes=memory
+        )
+        return c.unroll, c.remat
+
+    fits, tight = int(stored / REMAT_SHARE) + 1, int(stored / REMAT_SHARE) - 1
+    assert resolved("cpu", fits) == (True, False)
+    assert resolved("gpu", fits) == (False, False)
+    assert resolved("gpu", tight) == (False, True)
+    fixed = dataclasses.replace(CONFIG, remat=False, unroll=True)
+    c = resolve_auto(fixed, eps_fn, params, batch.x_lat, schedule, backend="gpu", memory_bytes=1)
+    assert (c.unroll, c.remat) == (True, False)
+    assert MapConfig().remat is None and MapConfig().unroll is None  # auto by default
+
+
+def test_auto_remat_step_equals_explicit(setup):
+    """The step with remat/unroll left to the backend computes what explicit settings do."""
+    params, batch, inputs = setup
+    schedule = make_schedule()
+    outs = []
+    for remat, unroll in ((None, None), (True, True)):
+        cfg = dataclasses.replace(CONFIG, remat=remat, unroll=unroll, steps=1)
+        step = make_map_step(eps_fn, schedule, embed, expression_loss, cfg)
+        state = init_state(jax.tree.map(jnp.copy, params), cfg, jax.random.PRNGKey(0))
+        state, m = step(state, batch, inputs)
+        outs.append((state.params, m["loss_id"]))
+    np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(outs[0][0]), jax.tree.leaves(outs[1][0]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

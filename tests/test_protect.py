@@ -278,6 +278,23 @@ def test_compiles_once_per_batch_size(rec):
     assert list(cloaker.compile_seconds) == [2]
 
 
+@pytest.mark.parametrize("seed", [0, 2**31, 2**32 - 1])
+def test_identity_keys_derived_in_the_program_equal_identity_key(seed):
+    """The fit derives each identity's key from (seed, fold) inside the compiled program
+    (no small key programs to compile): the same key as identity_key on the host, over the
+    whole seed range the CLI accepts."""
+    import jax
+
+    from jaxcloak.protect import fold_key, identity_fold, identity_key
+
+    ids = ["astronaut.png#0", "people/ann/1.jpg#2"]
+    folds = np.asarray([identity_fold(i) for i in ids], np.uint32)
+    seeds = np.full(len(ids), seed, np.uint32)
+    inside = jax.jit(jax.vmap(lambda s, f: jax.random.key_data(fold_key(s, f))))(seeds, folds)
+    host = np.stack([jax.random.key_data(identity_key(seed, i)) for i in ids])
+    np.testing.assert_array_equal(np.asarray(inside), host)
+
+
 @pytest.mark.slow
 def test_protect_every_face_of_a_group_photo(tmp_path, rec):
     spec = importlib.util.find_spec("insightface")

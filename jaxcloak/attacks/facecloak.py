@@ -367,11 +367,13 @@ def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable
     cfg = config
     eps_ref = cfg.eps * cfg.to_ref
     eta_ref = cfg.step * cfg.to_ref
-    boxes = jnp.asarray(obj.sticker_boxes(size))
+    # Host constants stay NumPy (baked into the traced program); jnp.asarray here would
+    # compile a staging program per shape when the cloak is built.
+    boxes = np.asarray(obj.sticker_boxes(size), np.float32)
     box_budget = obj.budget_map(
         eps_ref, size, boxes=obj.sticker_boxes(size), box_eps=cfg.region_eps * cfg.to_ref
     )
-    feather = jnp.asarray(crop_mask(size))  # the blend mask paste_back uses
+    feather = np.asarray(crop_mask(size), np.float32)  # the blend mask paste_back uses
     attention = afog_attention(cfg.lambda_alpha, cfg.std_guard)
     if cfg.mode == "fixed" and cfg.step_decay:
         # Constant-size sign steps keep bouncing around the optimum; a larger first step that

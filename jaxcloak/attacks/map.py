@@ -4,7 +4,8 @@ One step, for a batch of source faces x0 and their DDIM latents x_lat (inverted 
 frozen weights):
 
 1. ``x_hat, pullback = jax.vjp(theta -> generate(theta, x_lat))``: the n_train-step DDIM chain
-   as a ``lax.scan`` whose body is rematerialised, so only the step inputs are stored;
+   as a ``lax.scan``, its body rematerialised (only the step inputs stored) where the stored
+   activations would not fit the device's memory (:func:`resolve_auto`);
 2. image-space cotangents of the identity loss L_A, the expression loss L_E and the quality
    loss L_Q = lambda_1 L1 + lambda_LS L_LS, each from ``value_and_grad`` w.r.t. x_hat;
 3. the three parameter gradients from **one** backward: ``vmap(pullback)`` over the stacked
@@ -39,6 +40,7 @@ from ..optim.projection import (
     pcgrad,
     project_pair,
 )
+from ..parallel import device_memory_bytes
 from ..typing import EmbedFn, Params
 
 __all__ = [
@@ -52,6 +54,7 @@ __all__ = [
     "make_map_step",
     "make_optimizer",
     "regenerate",
+    "resolve_auto",
 ]
 
 # expression_loss(expr_params, x_hat, x0, target) -> (loss, probability of the target emotion)
@@ -76,10 +79,13 @@ class MapConfig:
       learning_rate, lr_growth, steps_per_epoch: Adam's rate, multiplied by ``lr_growth`` per
         epoch (DiffAM's StepLR(1, 1.3) stepped per epoch of ``steps_per_epoch`` images).
       steps: total optimisation steps.
-      remat: rematerialise each DDIM step when differentiating.
-      unroll: unroll the short DDIM scans (on XLA:CPU the train step is still about 1.6x
-        faster unrolled, at about 3x the compile time; see :func:`jaxcloak.diffusion.generate`);
-        remat still applies per step.
+      remat: rematerialise each DDIM step when differentiating; None (auto): only where the
+        chain's stored activations would take more than a quarter of the device's memory
+        (:func:`resolve_auto`). Same values either way.
+      unroll: unroll the short DDIM scans; None (auto): on a CPU only, where the train step is
+        still about 1.6x faster unrolled, at about 3x the compile time (see
+        :func:`jaxcloak.diffusion.generate`); accelerators keep the rolled scan, one compiled
+        UNet body. remat still applies per step.
       batched_backward: the three task gradients from ``vmap(pullback)`` (one batched
         backward) rather than three pullback calls; same values.
       conflict_stats: with ``projection="none"``: keep the three task gradients apart to log
@@ -109,8 +115,8 @@ class MapConfig:
     lr_growth: float = 1.3
     steps_per_epoch: int = 200
     steps: int = 800
-    remat: bool = True
-    unroll: bool = True
+    remat: bool | None = None
+    unroll: bool | None = None
     batched_backward: bool = True
     conflict_stats: bool = True
     margin: float = 0.125
@@ -233,6 +239,58 @@ def _no_stats() -> optax.GradientTransformationExtraArgs:
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+#: remat turns on when the stored chain needs more than this share of the device's memory
+#: (the batched backward and the optimiser state need the rest).
+REMAT_SHARE = 0.25
+
+
+def resolve_auto(
+    config: MapConfig,
+    eps_fn: Callable,
+    params: Params,
+    x_lat: jax.Array | jax.ShapeDtypeStruct,
+    schedule: Schedule,
+    *,
+    backend: str | None = None,
+    memory_bytes: int | None = None,
+) -> MapConfig:
+    """``config`` with its automatic settings (None) decided; explicit ones are kept.
+
+    ``unroll``: on a CPU only (see :class:`MapConfig`). ``remat``: when the activations the
+    non-rematerialised train chain would store for its backward (measured by tracing it,
+    nothing runs) exceed :data:`REMAT_SHARE` of ``memory_bytes`` (default: the first
+    device's memory, :func:`jaxcloak.parallel.device_memory_bytes`).
+    """
+    remat = config.remat
+    if remat is None:
+        stored = chain_residual_bytes(eps_fn, params, x_lat, config.train_pairs, schedule)
+        limit = memory_bytes if memory_bytes is not None else device_memory_bytes()
+        remat = bool(stored > REMAT_SHARE * limit)
+    return dataclasses.replace(config, unroll=_auto_unroll(config.unroll, backend), remat=remat)
+
+
+def _auto_unroll(unroll: bool | None, backend: str | None = None) -> bool:
+    """``unroll``, or (None) whether the backend is a CPU."""
+    return bool(unroll) if unroll is not None else (backend or jax.default_backend()) == "cpu"
+
+
+def chain_residual_bytes(
+    eps_fn: Callable,
+    params: Params,
+    x_lat: jax.Array | jax.ShapeDtypeStruct,
+    pairs: tuple[tuple[int, int], ...],
+    schedule: Schedule,
+) -> int:
+    """Bytes the DDIM chain's VJP keeps for the backward without remat (shapes only)."""
+
+    def residuals(p, x):
+        _, pullback = jax.vjp(lambda q: generate(eps_fn, q, x, pairs, schedule), p)
+        return pullback  # a pytree whose leaves are the stored residuals
+
+    shapes = jax.eval_shape(residuals, params, jax.ShapeDtypeStruct(x_lat.shape, x_lat.dtype))
+    return sum(int(a.size) * a.dtype.itemsize for a in jax.tree.leaves(shapes))
+
+
 def init_state(params: Params, config: MapConfig, key: jax.Array) -> MapState:
     """Fresh optimiser state around the pretrained weights."""
     return MapState(params, make_optimizer(config).init(params), jnp.zeros((), jnp.int32), key)
@@ -241,10 +299,9 @@ def init_state(params: Params, config: MapConfig, key: jax.Array) -> MapState:
 def invert_faces(eps_fn: Callable, config: MapConfig) -> Callable:
     """``jit(invert)``: ``(params, x0, schedule) -> x_lat`` (precompute with frozen weights)."""
     pairs = config.inversion_pairs
+    unroll = _auto_unroll(config.unroll)
     return jax.jit(
-        lambda params, x0, schedule: invert(
-            eps_fn, params, x0, pairs, schedule, unroll=config.unroll
-        )
+        lambda params, x0, schedule: invert(eps_fn, params, x0, pairs, schedule, unroll=unroll)
     )
 
 
@@ -275,6 +332,8 @@ def make_map_step(
     smooth = SMOOTHNESS[config.smoothness]
 
     def step(state: MapState, batch: MapBatch, inputs: MapInputs):
+        # At trace time: the automatic settings need the shapes (a no-op when resolved).
+        cfg = resolve_auto(config, eps_fn, state.params, batch.x_lat, schedule)
         frame = FaceFrame(batch.x0.shape[1], config.margin)
         key, k_sm = jax.random.split(state.key)
 
@@ -285,8 +344,8 @@ def make_map_step(
                 batch.x_lat,
                 pairs,
                 schedule,
-                remat=config.remat,
-                unroll=config.unroll,
+                remat=cfg.remat,
+                unroll=cfg.unroll,
             )
 
         x_hat, pullback = jax.vjp(regen, state.params)

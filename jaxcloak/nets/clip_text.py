@@ -81,8 +81,6 @@ __all__ = [
 ARC2FACE_PROMPT = "photo of a id person"
 """Arc2Face's fixed prompt; the token embedding of ``id`` carries the identity."""
 
-# As in layers.py: full fp32 matmuls on GPU/TPU too, so the parity tolerances hold there.
-_PRECISION = jax.lax.Precision.HIGHEST
 
 
 def _quick_gelu(x: jax.Array) -> jax.Array:
@@ -200,13 +198,13 @@ class ClipAttention(nnx.Module):
         q, k, v = (
             m(x).reshape(b, length, h, d // h) for m in (self.q_proj, self.k_proj, self.v_proj)
         )
-        logits = jnp.einsum("bqhc,bkhc->bhqk", q, k, precision=_PRECISION) * ((d // h) ** -0.5)
+        logits = jnp.einsum("bqhc,bkhc->bhqk", q, k) * ((d // h) ** -0.5)
         causal = jnp.tril(jnp.ones((length, length), bool))
         # torch adds finfo.min above the diagonal; the diagonal is never masked, so every row
         # keeps a finite maximum and the masked weights are exactly 0 either way.
         logits = jnp.where(causal, logits.astype(jnp.float32), -jnp.inf)
         weights = jax.nn.softmax(logits, axis=-1).astype(x.dtype)
-        out = jnp.einsum("bhqk,bkhc->bqhc", weights, v, precision=_PRECISION)
+        out = jnp.einsum("bhqk,bkhc->bqhc", weights, v)
         return self.out_proj(out.reshape(b, length, d))
 
 

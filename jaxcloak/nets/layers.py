@@ -40,9 +40,9 @@ def _pair(v: Pair) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-# Full fp32 accuracy on GPU/TPU too (the default would use TF32/bf16 passes); it costs nothing
-# on CPU and keeps the torch-parity tolerances meaningful everywhere.
-_PRECISION = jax.lax.Precision.HIGHEST
+# No precision of our own: every matmul and convolution here takes JAX's default matmul
+# precision, which the one precision policy (jaxcloak.precision) sets for Flax ports and
+# converted graphs alike (float32 = true FP32; parity tests run under it).
 
 
 class Conv2d(nnx.Module):
@@ -97,10 +97,10 @@ class Conv2d(nnx.Module):
             and depthwise_fits((kh, kw), self.stride, (1, 1), x.shape[1:3], pads)
         ):
             # Depthwise on CPU: XLA's grouped-conv path is several times slower than the
-            # shifted-slices form (exact fp32, so ``_PRECISION`` is moot there).
+            # shifted-slices form (exact fp32 whatever the policy).
             y = depthwise_conv2d(x, w[:, :, 0, :], self.stride, (1, 1), pads)
         else:
-            y = conv2d(x, w, self.stride, pads, groups=self.groups, precision=_PRECISION)
+            y = conv2d(x, w, self.stride, pads, groups=self.groups)
         return y if self.bias is None else y + self.bias[...]
 
 
@@ -123,7 +123,7 @@ class Linear(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """(..., in) -> (..., out)."""
-        y = jnp.matmul(x, self.weight[...], precision=_PRECISION)
+        y = jnp.matmul(x, self.weight[...])
         return y if self.bias is None else y + self.bias[...]
 
 

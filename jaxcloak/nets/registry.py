@@ -476,12 +476,31 @@ def load(
       FileNotFoundError: the model file is missing or a native model was never imported.
       KeyError: an unknown name.
     """
-    from ..convert.cache import load_onnx_cached  # heavy imports only when loading
-
     spec = get_spec(name)
     if spec.native:
         return _load_native(spec, path)
     src = Path(path) if path is not None else spec.locate()
+    # One recogniser per model file and backend in a process: a second load (the evaluation
+    # after a fit, say) shares the first's weights and its embed function, so jitted
+    # programs over it are reused instead of traced and compiled again.
+    if not src.is_file():
+        return _load_onnx(spec, src, name, use_cache)  # raises with the reason
+    stat = src.stat()
+    key = (name, str(src.resolve()), stat.st_size, stat.st_mtime_ns, use_cache)
+    key += (jax.default_backend(),)
+    hit = _LOADED.get(key)
+    if hit is None:
+        hit = _LOADED[key] = _load_onnx(spec, src, name, use_cache)
+    return hit
+
+
+#: Recognisers :func:`load` made in this process (see there).
+_LOADED: dict[tuple, FaceRecognizer] = {}
+
+
+def _load_onnx(spec: FaceModelSpec, src: Path, name: str, use_cache: bool) -> FaceRecognizer:
+    from ..convert.cache import load_onnx_cached  # heavy imports only when loading
+
     apply_fn, params, sha, hit = load_onnx_cached(src, name=name, use_cache=use_cache)
     if len(apply_fn.input_names) != 1:
         raise ValueError(f"{src}: a face model must have one input, got {apply_fn.input_names}")

@@ -104,6 +104,7 @@ def smooth_gradient(g: jax.Array, sigma: float) -> jax.Array:
         padding="SAME",
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=c,
+        # the attack's own arithmetic stays float32 under every network precision policy
         precision=jax.lax.Precision.HIGHEST,
     )
     return y[0]

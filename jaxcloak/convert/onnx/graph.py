@@ -262,7 +262,8 @@ class OnnxFunction:
             if tag is None:
                 out[name] = value
             else:
-                out[name + tag] = jnp.transpose(jnp.asarray(value), PRELAID[tag])
+                # On the host: a device transpose compiles a program per weight shape.
+                out[name + tag] = jax.device_put(np.transpose(np.asarray(value), PRELAID[tag]))
         return out
 
     def _split_prelaid(self, name: str) -> tuple[str, str]:
@@ -421,8 +422,10 @@ def _convert(
             if name in consts:
                 (static_uses if k in step.spec.static_inputs else dynamic_uses).add(name)
 
+    # device_put, not jnp.asarray: the latter stages every array through a small compiled
+    # program per shape (33 of them for SFace), the former is a plain copy.
     params = {
-        k: jnp.asarray(consts[k]) for k in sorted(dynamic_uses) if consts[k].dtype.kind == "f"
+        k: jax.device_put(consts[k]) for k in sorted(dynamic_uses) if consts[k].dtype.kind == "f"
     }
     keep = {k for k in static_uses | dynamic_uses | set(graph_outputs) if k in consts}
     constants = {k: consts[k] for k in keep if k not in params}

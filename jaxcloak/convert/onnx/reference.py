@@ -23,8 +23,12 @@ def prune_for_runtime(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def ort_session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0):
-    """An ONNX Runtime CPU session for ``model`` (raises ImportError if ORT is missing)."""
+def ort_session(
+    model: onnx.ModelProto | str | os.PathLike, threads: int = 0, *, cuda: bool = False
+):
+    """An ONNX Runtime session for ``model`` (raises ImportError if ORT is missing): on the
+    CPU, or with ``cuda`` on ORT's CUDA provider when this ORT build has it (CPU otherwise;
+    the session's ``get_providers()`` says which ran)."""
     import onnxruntime as ort
 
     if not isinstance(model, onnx.ModelProto):
@@ -33,8 +37,11 @@ def ort_session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0):
     opts.log_severity_level = 3  # errors only: SFace's unused shape initialisers warn otherwise
     if threads:
         opts.intra_op_num_threads = threads
+    providers = ["CPUExecutionProvider"]
+    if cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
     return ort.InferenceSession(
-        prune_for_runtime(model).SerializeToString(), opts, providers=["CPUExecutionProvider"]
+        prune_for_runtime(model).SerializeToString(), opts, providers=providers
     )
 
 
