@@ -41,6 +41,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -348,25 +349,36 @@ def _run_row(row: Row, args: argparse.Namespace, work: Path, env: dict, left: fl
     folder.mkdir(parents=True, exist_ok=True)
     cmd = row.command(args, folder)
     t = time.perf_counter()
+    # Its own process group, so a row stopped at the budget takes its workers (run.py starts
+    # one per measurement) with it instead of leaving them on the GPU.
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=left)
-    except subprocess.TimeoutExpired as e:
+        stdout, stderr = proc.communicate(timeout=left)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, _ = proc.communicate()
         return {
             "status": "timed out",
             "seconds": time.perf_counter() - t,
             "error": f"stopped after {left:.0f} s (the budget left)",
-            "tail": (e.stdout or b"")[-2000:].decode(errors="replace")
-            if isinstance(e.stdout, bytes)
-            else (e.stdout or "")[-2000:],
+            "tail": (stdout or "")[-2000:],
         }
     seconds = time.perf_counter() - t
-    (folder / "stdout.txt").write_text(proc.stdout)
+    (folder / "stdout.txt").write_text(stdout)
     base = {"seconds": seconds, "command": " ".join(cmd[1:])}
     if proc.returncode not in row.ok_codes:
-        tail = (proc.stdout + proc.stderr)[-3000:]
+        tail = (stdout + stderr)[-3000:]
         return {**base, "status": f"failed (exit {proc.returncode})", "error": tail}
     try:
-        figures = row.read(folder, proc.stdout)
+        figures = row.read(folder, stdout)
     except (OSError, ValueError, KeyError) as e:
         return {**base, "status": "failed (unreadable output)", "error": f"{e}"}
     return {**base, "status": "ok", "exit": proc.returncode, "figures": figures}

@@ -958,7 +958,8 @@ def _print_map_result(args: argparse.Namespace, result: dict, run_dir: Path) -> 
             f"  {r['output']}: cosine to target {r['cos_target_clean']:.3f} -> "
             f"{r['cos_target_protected']:.3f} ({'recognised as target' if hit else 'not target'}),"
             f" p({args.expression}) {r['p_expression_clean']:.3f} -> "
-            f"{r['p_expression_protected']:.3f}, PSNR {r['psnr_photo']:.1f} dB"
+            f"{r['p_expression_protected']:.3f}, PSNR "
+            + ("identical" if r["psnr_photo"] is None else f"{r['psnr_photo']:.1f} dB")
         )
     print(
         f"time: compile {result['compile_s'] or 0:.1f} s, {result['seconds_per_step']:.2f} s per "

@@ -229,10 +229,16 @@ def _restore(manager, like: MapState) -> MapState | None:
     return manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+def _psnr(a: np.ndarray, b: np.ndarray) -> float | None:
+    """PSNR in dB, None for identical images (JSON has no infinity)."""
     from .evaluate.metrics import psnr
 
-    return float(psnr(a, b))
+    value = float(psnr(a, b))
+    return value if np.isfinite(value) else None
+
+
+def _db(value: float | None) -> str:
+    return "identical" if value is None else f"{value:.1f}"
 
 
 def run_map(
@@ -503,7 +509,7 @@ def _report(result: dict[str, Any], traces: dict[str, list]) -> str:
             f"| {Path(r['photo']).name} | {r.get('cos_target_clean', float('nan')):.3f} | "
             f"{r.get('cos_target_protected', float('nan')):.3f} | "
             f"{r['p_expression_clean']:.3f} | {r['p_expression_protected']:.3f} | "
-            f"{r['psnr_photo']:.1f} | {r['psnr_crop']:.1f} |"
+            f"{_db(r['psnr_photo'])} | {_db(r['psnr_crop'])} |"
         )
     if traces.get("grad_cos_global"):
         g = np.asarray(traces["grad_cos_global"], np.float64)

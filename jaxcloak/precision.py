@@ -17,6 +17,7 @@ On a CPU float32 and tf32 compute the same (CPUs have no TF32); bfloat16 halves 
 memory traffic there too but is rarely faster. ``auto`` is float32 on every backend until a GPU
 run of ``benchmarks/gpu_suite.py`` (its ``precision`` row) shows a faster setting keeps the
 protection results within float32's run-to-run spread: no default is changed on a guess.
+Design note: docs/gpu.md.
 """
 
 from __future__ import annotations

@@ -107,3 +107,44 @@ def test_tiny_suite_on_cpu(tmp_path):
     assert sface["min_cosine_vs_ort"] > 0.9999 and sface["min_cosine_torch_vs_ort"] > 0.9999
     md = (tmp_path / "suite" / "gpu_suite.md").read_text()
     assert "| map_paper | ok |" in md
+
+
+def test_a_row_past_its_budget_is_stopped_with_its_workers(tmp_path):
+    """A row that overruns what is left is recorded as timed out, and the workers it started
+    (run.py starts one per measurement) die with it instead of holding the device."""
+    import argparse
+    import importlib.util as iu
+    import os
+    import time
+
+    spec = iu.spec_from_file_location("gpu_suite", SUITE)
+    suite = iu.module_from_spec(spec)
+    sys.modules["gpu_suite"] = suite  # dataclasses look their module up
+    spec.loader.exec_module(suite)
+    pid_file = tmp_path / "worker.pid"
+    child = (
+        "import subprocess, sys, time; "
+        "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(w.pid)); time.sleep(60)"
+    )
+    row = suite.Row(
+        "slow",
+        "a row that never ends",
+        1,
+        lambda a, f: [sys.executable, "-c", child],
+        lambda f, s: {},
+    )
+    t = time.perf_counter()
+    rec = suite._run_row(row, argparse.Namespace(), tmp_path, dict(os.environ), 3.0)
+    assert rec["status"] == "timed out" and time.perf_counter() - t < 30
+    worker = int(pid_file.read_text())
+    status = Path(f"/proc/{worker}/status")
+    for _ in range(50):  # SIGKILL is delivered asynchronously
+        try:
+            if "\tZ" in status.read_text():  # killed, waiting for a parent to reap it
+                break
+        except FileNotFoundError:  # gone
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"worker {worker} outlived its row")

@@ -159,3 +159,21 @@ def test_attention_implementation_by_backend(backend, dtype, head, expected):
     from jaxcloak.nets import sd_unet
 
     assert sd_unet.attention_implementation(dtype, head, backend) == expected
+
+
+def test_score_network_runs_in_bfloat16_with_float32_timesteps():
+    """MAP's score network under the bfloat16 policy: bf16 weights and images, float32
+    timesteps (their sinusoids join the activations' dtype), float32 out, close to float32."""
+    from jaxcloak.nets import ddpm_unet
+
+    _, params = ddpm_unet.init("tiny", seed=0)
+    eps = ddpm_unet.make_score(ddpm_unet.get_config("tiny"))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 32, 32, 3)), jnp.float32)
+    t = jnp.asarray([999.0, 10.0])
+    ref = np.asarray(jax.jit(eps)(params, x, t))
+    with precision.scope("bfloat16"):
+        low = np.asarray(
+            jax.jit(precision.wrap_network(eps, precision.get("bfloat16")))(params, x, t)
+        )
+    assert low.dtype == np.float32 and not np.array_equal(low, ref)
+    assert np.abs(low - ref).max() < 0.05 * np.abs(ref).max()

@@ -50,7 +50,7 @@ TRANSFER = {"momentum": 1.0, "diversity": 0.7, "ti_sigma": 1.5}
 #: faces (RESULTS.md, 2026-12-04): the budget and the number of steps are what make a mask hold
 #: on the person's other photos, and a stronger push away from the face's own embedding
 #: (dodge_weight 2) is what moves the black box on the photo itself. Universal SFace / dlib
-#: PSR, per-photo dlib, PSNR median: low 68 / 16 / 33% at 37.0 dB, mid 95 / 16 / 56% at
+#: PSR, per-photo dlib, PSNR median: low 68 / 16 / 33% at 37.0 dB, mid 89 / 16-21 / 44-56% at
 #: 35.1 dB, high 100 / 37 / 89% at 33.5 dB (the previous default, 16/255 with 20 steps:
 #: 63 / 16 / 44% at 36.5 dB). 8/255 protected none of a person's other photos, so it is no
 #: preset. ``low`` keeps dodge_weight 1: dodge 2 was not measured at its budget.

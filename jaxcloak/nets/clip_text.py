@@ -82,7 +82,6 @@ ARC2FACE_PROMPT = "photo of a id person"
 """Arc2Face's fixed prompt; the token embedding of ``id`` carries the identity."""
 
 
-
 def _quick_gelu(x: jax.Array) -> jax.Array:
     return x * jax.nn.sigmoid(1.702 * x)
 

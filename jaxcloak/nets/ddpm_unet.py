@@ -407,7 +407,9 @@ class DDPMUNet(nnx.Module):
     def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
         """(B, R, R, in_channels) noisy images, (B,) timesteps -> (B, R, R, out_ch) noise."""
         nblocks = self.config.num_res_blocks
-        temb = self.time_embedding(t)
+        # The sinusoids are computed from float32 timesteps (bf16 cannot hold t = 999) and
+        # then join the activations' dtype (a no-op in float32).
+        temb = self.time_embedding(t).astype(x.dtype)
 
         hs = [self.conv_in(x)]
         for level in self.down:

@@ -69,7 +69,6 @@ NORM_EPS = 1e-6
 LOGVAR_RANGE = (-30.0, 20.0)
 
 
-
 @dataclass(frozen=True)
 class VAEConfig:
     """Hyperparameters of one ``AutoencoderKL`` (the subset of diffusers' config we support).
