@@ -121,7 +121,7 @@ def stack_loss(batch: int, channels: int = 32, side: int = 56):
 
     def loss(x, conv, ws=None):
         for w in default if ws is None else ws:
-            x = jax.nn.relu(conv(x, w, (1, 1), ((1, 1), (1, 1)), ))
+            x = jax.nn.relu(conv(x, w, (1, 1), ((1, 1), (1, 1))))
         return jnp.sum(x)
 
     return loss, x0
