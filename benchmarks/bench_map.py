@@ -1,9 +1,9 @@
 """MAP train-step speed and memory per score-network size, compile time apart.
 
 For each DDPM UNet variant, the jitted train step of :mod:`jaxcloak.attacks.map` (6-step DDIM
-regeneration with remat, identity loss on SFace, fer expression loss, quality losses, DSM,
-GradVac, Adam) is AOT-compiled on the astronaut's face (compile seconds reported apart), then
-run ``--steps`` times; we report the median step time and the compiled program's memory
+regeneration, remat where memory needs it, identity loss on SFace, fer expression loss, quality
+losses, DSM, GradVac, Adam) is AOT-compiled on the astronaut's face (compile seconds reported
+apart), then run ``--steps`` times; we report the median step time and the compiled program's memory
 (XLA's ``memory_analysis``: arguments, outputs and temporaries; the peak is about their sum).
 
   python benchmarks/bench_map.py                                # tiny and embedded

@@ -36,6 +36,7 @@ It uses whatever JAX the machine has and never installs anything.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -363,13 +364,15 @@ def _run_row(row: Row, args: argparse.Namespace, work: Path, env: dict, left: fl
     try:
         stdout, stderr = proc.communicate(timeout=left)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, _ = proc.communicate()
+        with contextlib.suppress(ProcessLookupError):  # it may have ended meanwhile
+            os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        (folder / "stdout.txt").write_text(stdout or "")
         return {
             "status": "timed out",
             "seconds": time.perf_counter() - t,
             "error": f"stopped after {left:.0f} s (the budget left)",
-            "tail": (stdout or "")[-2000:],
+            "tail": ((stdout or "") + (stderr or ""))[-2000:],
         }
     seconds = time.perf_counter() - t
     (folder / "stdout.txt").write_text(stdout)

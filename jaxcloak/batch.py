@@ -34,6 +34,7 @@ from .faces.photo import (
 from .io.atomic import atomic_write_json
 from .io.images import ImageReadError, read_image, write_image
 from .masks import save_mask
+from .precision import get as get_precision
 from .protect import Cloaker, FitResult, apply_mask
 
 MANIFEST = "manifest.json"
@@ -590,13 +591,23 @@ def _face_report(
     ]
 
 
+def same_run(old: dict, run: dict) -> bool:
+    """Whether a manifest's run record was made with this run's settings, so its finished
+    photos can be kept on resume: config, seed, surrogate and precision policy (records from
+    before the policy existed ran in float32)."""
+    float32 = get_precision("float32").describe()
+    keys = ("config_hash", "seed", "surrogate")
+    return all(old.get(k) == run[k] for k in keys) and old.get("precision", float32) == run.get(
+        "precision", float32
+    )
+
+
 def _load_manifest(path: Path, run: dict) -> dict[str, dict]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    same = all(data.get("run", {}).get(k) == run[k] for k in ("config_hash", "seed", "surrogate"))
-    if not same:
+    if not same_run(data.get("run", {}), run):
         return {}
     return {
         r["input"]: r

@@ -272,6 +272,17 @@ def _number(kind: type, lo: float | None = None, hi: float | None = None, *, ope
     return parse
 
 
+def _policy(args: argparse.Namespace):
+    """The run's precision policy, resolved and set for the process at its first use: ``auto``
+    asks JAX for its backend, which must wait until a multi-process job has been joined and
+    need not start a device for commands that never compute."""
+    if args._precision is None:
+        from . import precision
+
+        args._precision = precision.apply(precision.resolve(args.precision))
+    return args._precision
+
+
 def _add_precision_arg(g) -> None:
     g.add_argument(
         "--precision",
@@ -408,6 +419,7 @@ def _make_cloaker(args: argparse.Namespace, extra_photos: np.ndarray | None = No
         overrides["eot"] = tuple(k.strip() for k in args.eot.split(",") if k.strip())
     config = get_config(args.mode, args.strength if args.mode == "fixed" else "mid")
     config = dataclasses.replace(config, **overrides)
+    policy = _policy(args)  # set before the pool, the views and the far anchor compute
     far = None
     if args.mode == "faithful":
         if not args.far_anchor:
@@ -435,7 +447,7 @@ def _make_cloaker(args: argparse.Namespace, extra_photos: np.ndarray | None = No
         far_anchor_face=far,
         max_batch=args.batch,
         seed=args.seed,
-        precision=args._precision,
+        precision=policy,
         max_extra=MAX_GROUP_PHOTOS if getattr(args, "views_from", None) == "group" else 0,
     )
 
@@ -482,7 +494,7 @@ def _view_generator(args: argparse.Namespace):
             f"error: --id-model {args.id_model} gives {fr.spec.embedding_dim}-d embeddings; "
             "Arc2Face takes 512-d ArcFace identities"
         )
-    dtype = args._precision.describe()["dtype"]
+    dtype = _policy(args).describe()["dtype"]
     return make_view_generator(
         "arc2face",
         nets=nets,
@@ -615,7 +627,7 @@ def _cmd_protect(args: argparse.Namespace) -> int:
         plan_outputs,
         protect_files,
     )
-    from .runtime import process_share
+    from .runtime import init_distributed, process_share
 
     if args.demo:
         from .demo import run_demo
@@ -629,7 +641,10 @@ def _cmd_protect(args: argparse.Namespace) -> int:
         raise SystemExit("error: give photos or folders to protect (or --files-from, or --demo)")
     if not args.output:
         raise SystemExit("error: -o/--output OUTDIR is required")
-    index, count = args._process  # joined in main(), before anything touched a device
+    try:  # before anything touches a device (the precision policy too): join the job first
+        index, count = init_distributed(args.coordinator, args.num_processes, args.process_id)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
     outdir = Path(args.output)
     try:
         check_output_folder(outdir, inputs)
@@ -894,6 +909,7 @@ def _run_map_cli(
 
     if not args.target:
         raise SystemExit("error: --target PHOTO (the identity to be recognised as) is required")
+    _policy(args)  # set before the score network and the surrogate load and compute
     config = _map_config(args)
     score = load_score_net(args.score_net, variant=args.score_variant, seed=args.seed)
     if not score.trained:
@@ -943,7 +959,7 @@ def _run_map_call(args, photos, run_dir, config, score, load_surrogate):
         resume=not args.no_resume,
         progress=_progress,
         out_format=args.format,
-        precision=args._precision,
+        precision=_policy(args),
     )
 
 
@@ -1489,20 +1505,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     from . import precision
-    from .runtime import CompileCounter, enable_compile_cache, init_distributed
+    from .runtime import CompileCounter, enable_compile_cache
 
     args._cache_dir = enable_compile_cache(_compile_cache_dir(args))
     args._compiles = CompileCounter()
-    args._process = (0, 1)
-    if hasattr(args, "coordinator") and not getattr(args, "demo", False):
-        # A multi-process job is joined before anything touches a device, the precision
-        # policy's backend query below included.
-        try:
-            args._process = init_distributed(args.coordinator, args.num_processes, args.process_id)
-        except ValueError as e:
-            raise SystemExit(f"error: {e}") from e
-    # The precision policy, for the whole process (commands without --precision: auto).
-    args._precision = precision.apply(precision.resolve(getattr(args, "precision", "auto")))
+    if hasattr(args, "precision"):
+        args._precision = None  # resolved at its first use: _policy(args)
+    else:  # commands that only measure: true FP32, without starting a device to ask
+        args._precision = precision.apply(precision.get("float32"))
     try:
         return int(args.func(args))
     except OSError as e:

@@ -56,6 +56,7 @@ from .objectives.expression import fer_ce
 from .objectives.map import FaceFrame
 from .parallel import make_mesh, run_batched
 from .precision import Policy, scope, wrap_network
+from .precision import get as get_precision
 from .precision import resolve as resolve_precision
 
 __all__ = [
@@ -328,7 +329,7 @@ def _run_map(
 
     # Decide remat/unroll now, so the settings record what runs (jaxcloak.attacks.map).
     side = score.config.resolution
-    batch_shape = jax.ShapeDtypeStruct((len(faces), side, side, 3), jnp.float32)
+    batch_shape = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)  # one photo a step
     schedule = make_schedule()
     eps_fn = wrap_network(score.eps_fn, policy)
     config = resolve_auto(config, eps_fn, score.params, batch_shape, schedule)
@@ -352,7 +353,9 @@ def _run_map(
         # another machine (the same values) continue the same run.
         free = ("steps", "checkpoint_every", "remat", "unroll")
         cfg = {k: v for k, v in s["config"].items() if k not in free}
-        return {**s, "config": cfg}
+        # Runs from before the precision policy ran in float32.
+        float32 = get_precision("float32").describe()
+        return {**s, "config": cfg, "precision": s.get("precision", float32)}
 
     if (
         resume

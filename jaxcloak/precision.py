@@ -10,7 +10,7 @@ policy     matmul / conv        network weights/activations  mask, optimiser, lo
 ========== ==================== ============================ =============================
 float32    true FP32 (HIGHEST)  float32                      float32
 tf32       TF32 on GPUs         float32                      float32
-bfloat16   bf16 (operands' own) bfloat16                     float32
+bfloat16   bf16 (the operands)  bfloat16                     float32
 ========== ==================== ============================ =============================
 
 On a CPU float32 and tf32 compute the same (CPUs have no TF32); bfloat16 halves the weights'
@@ -51,9 +51,9 @@ class Policy:
 _POLICIES = {
     "float32": Policy("float32", "highest", jnp.float32),
     "tf32": Policy("tf32", "tensorfloat32", jnp.float32),
-    # "default": the operands' dtype decides, so the bf16 networks run bf16 passes and any
-    # float32 product left around them is not forced down to bf16 as well.
-    "bfloat16": Policy("bfloat16", "default", jnp.bfloat16),
+    # The networks' bf16 operands make their products bf16 whatever the setting; "highest"
+    # keeps every float32 product around them (losses, warps, DCTs, measurements) true FP32.
+    "bfloat16": Policy("bfloat16", "highest", jnp.bfloat16),
 }
 
 #: Settings a user can name (``auto`` resolves per backend, :func:`resolve`).

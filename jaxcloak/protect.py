@@ -82,11 +82,12 @@ class Cloaker:
       anchor_rule: "gallery_filtered" (fixed) or "faithful".
       far_anchor_face: aligned uint8 far anchor, required by the faithful rule.
       max_batch: most identities per compiled call (rounded up to whole devices).
-      seed: the run's seed; every identity's key derives from it.
+      seed: the run's seed, 0 to 2**32 - 1; every identity's key derives from it.
       mesh: devices the identity batch is split over (default: all of this process's).
       precision: the precision policy (:mod:`jaxcloak.precision`: a name or a Policy; None
-        is ``auto``) the surrogate runs under inside the fit; the mask, its optimiser and the
-        loss stay float32 whatever it is.
+        is ``auto``) the surrogate runs under in the fit, the anchors and the post-fit check;
+        the mask, its optimiser and the loss stay float32 whatever it is. ``views`` keeps
+        its own dtype (build an Arc2Face generator in the policy's dtype to match).
       max_extra: other photos of the person each identity may bring (:meth:`fit`'s
         ``extras``); they are an argument of the compiled program, padded to this many, and
         every photo feeds the views (:func:`jaxcloak.attacks.views.views_of_photos`). 0: the
@@ -115,6 +116,8 @@ class Cloaker:
         self.anchor_rule = anchor_rule
         self.far_anchor_face = far_anchor_face
         self.max_batch = max_batch
+        if not 0 <= seed < 2**32:  # it travels into the fit as a uint32
+            raise ValueError(f"seed must be in 0..{2**32 - 1}, got {seed}")
         self.seed = seed
         self.mesh = mesh if mesh is not None else make_mesh()
         self.precision = precision if isinstance(precision, Policy) else resolve(precision)
@@ -206,13 +209,14 @@ class Cloaker:
     def anchors_for(self, face: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """``(e_similar, e_distant, record)`` for one aligned face (one small device call;
         streaming runs it on reader threads so the main thread never waits for it)."""
-        return anchor_embeddings(
-            self.recognizer,
-            face,
-            self.pool,
-            rule=self.anchor_rule,
-            far_anchor_face=self.far_anchor_face,
-        )
+        with scope(self.precision):  # thread-local, so reader threads get it too
+            return anchor_embeddings(
+                self.recognizer,
+                face,
+                self.pool,
+                rule=self.anchor_rule,
+                far_anchor_face=self.far_anchor_face,
+            )
 
     def fit_arrays(
         self,
@@ -281,7 +285,8 @@ class Cloaker:
         n = len(faces)
         out = jax.device_get(out)
         masked = np.clip(np.rint(faces + out.mask[:n]), 0, 255).astype(np.uint8)
-        emb = embed_faces(self.recognizer, np.concatenate([faces, masked]))
+        with scope(self.precision):
+            emb = embed_faces(self.recognizer, np.concatenate([faces, masked]))
         cos_after = np.sum(emb[:n] * emb[n:], axis=1)
         base = self.describe()
         results = []

@@ -47,6 +47,7 @@ from .batch import (
     change_report,
     claim_outputs,
     plan_outputs,
+    same_run,
 )
 from .faces.chain import paste_realign_taps
 from .faces.photo import (
@@ -129,7 +130,7 @@ def _read_jsonl(path: Path, run: dict[str, Any]) -> dict[str, dict]:
             raise ValueError(f"{path}:{n + 1}: corrupt manifest line") from None
         if n == 0:
             old = obj.get("run", {})
-            if any(old.get(k) != run[k] for k in ("config_hash", "seed", "surrogate")):
+            if not same_run(old, run):
                 return {}
             continue
         rec = obj.get("photo", {})

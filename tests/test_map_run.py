@@ -72,6 +72,11 @@ def test_run_resume_and_outputs(photo, tmp_path):
     assert result["steps_run"] == 3 and not result["score_net_trained"]
     for name in ("result.json", "traces.json", "report.md", "settings.json"):
         assert (run / name).is_file(), name
+    # The policy (auto: float32 here) and the remat/unroll actually used are recorded.
+    settings = json.loads((run / "settings.json").read_text())
+    assert settings["precision"]["precision"] == "float32"
+    assert settings["config"]["unroll"] is False  # as CONFIG says
+    assert settings["config"]["remat"] is False  # auto: a 32-px chain fits any memory
     traces = json.loads((run / "traces.json").read_text())
     assert len(traces["loss_id"]) == 3 and len(traces["grad_cos_leaf"][0]) > 10
     assert all(np.isfinite(traces[k]).all() for k in ("loss_id", "loss_expr", "loss_sm"))
@@ -97,6 +102,11 @@ def test_run_resume_and_outputs(photo, tmp_path):
     # Other settings in the same folder are refused rather than mixed.
     with pytest.raises(ValueError, match="other settings"):
         run_map([photo], _hanks(), run, config=CONFIG, **{**kwargs, "expression": "sad"})
+    # A run from before the precision policy (no "precision" in its settings) was float32.
+    del settings["precision"]
+    (run / "settings.json").write_text(json.dumps(settings))
+    resumed = run_map([photo], _hanks(), run, config=dataclasses.replace(CONFIG, steps=4), **kwargs)
+    assert resumed["steps_run"] == 0
 
 
 def test_bad_photo_is_named(tmp_path):

@@ -112,6 +112,30 @@ def test_resume_skips_done_photos(astronaut_file, protected_astronaut, capsys):
     assert output.stat().st_mtime_ns == stamp
 
 
+def test_precision_flag_reaches_the_manifest_and_the_resume_check(astronaut_file, tmp_path, capsys):
+    """--precision travels CLI -> Cloaker -> manifest; a rerun with the same policy skips the
+    photo, one with another policy redoes it (masks from two policies are never mixed)."""
+    out = tmp_path / "out"
+    cmd = ["protect", str(astronaut_file), "-o", str(out), "--steps", "1", "--views", "1"]
+    cmd += ["--allow-unprotected"]  # one step need not protect; the wiring is the point
+
+    def run_record() -> dict:
+        return json.loads((out / "manifest.json").read_text())["run"]
+
+    assert main([*cmd, "--precision", "bfloat16"]) == 0
+    bf16 = {"precision": "bfloat16", "matmul": "highest", "dtype": "bfloat16"}
+    assert run_record()["precision"] == bf16
+    mask = load_mask(json.loads((out / "manifest.json").read_text())["masks"]["person"])
+    assert mask.meta["precision"] == bf16
+    capsys.readouterr()
+    assert main([*cmd, "--precision", "bfloat16"]) == 0
+    assert "1 already up to date" in capsys.readouterr().out
+    assert main([*cmd, "--precision", "float32"]) == 0
+    again = capsys.readouterr().out
+    assert "0 already up to date" in again and "1 mask(s) fitted" in again
+    assert run_record()["precision"]["precision"] == "float32"
+
+
 def _jpeg(rgb, q=75):
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG", quality=q)

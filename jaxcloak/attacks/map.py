@@ -5,7 +5,7 @@ frozen weights):
 
 1. ``x_hat, pullback = jax.vjp(theta -> generate(theta, x_lat))``: the n_train-step DDIM chain
    as a ``lax.scan``, its body rematerialised (only the step inputs stored) where the stored
-   activations would not fit the device's memory (:func:`resolve_auto`);
+   activations would pass a quarter of the device's memory (:func:`resolve_auto`);
 2. image-space cotangents of the identity loss L_A, the expression loss L_E and the quality
    loss L_Q = lambda_1 L1 + lambda_LS L_LS, each from ``value_and_grad`` w.r.t. x_hat;
 3. the three parameter gradients from **one** backward: ``vmap(pullback)`` over the stacked

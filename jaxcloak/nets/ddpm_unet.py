@@ -266,7 +266,7 @@ class AttnBlock(nnx.Module):
         q, k, v = (m(hn).reshape(b, h * w, c) for m in (self.q, self.k, self.v))
         # Scaled after the product, as torch does.
         logits = jnp.einsum("bic,bjc->bij", q, k) * (c**-0.5)
-        attn = jax.nn.softmax(logits, axis=-1)
+        attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)  # upcast
         out = jnp.einsum("bij,bjc->bic", attn, v)
         return x + self.proj_out(out.reshape(b, h, w, c))
 

@@ -97,7 +97,7 @@ class Conv2d(nnx.Module):
             and depthwise_fits((kh, kw), self.stride, (1, 1), x.shape[1:3], pads)
         ):
             # Depthwise on CPU: XLA's grouped-conv path is several times slower than the
-            # shifted-slices form (exact fp32 whatever the policy).
+            # shifted-slices form (exact in the operands' dtype: no matmul precision involved).
             y = depthwise_conv2d(x, w[:, :, 0, :], self.stride, (1, 1), pads)
         else:
             y = conv2d(x, w, self.stride, pads, groups=self.groups)

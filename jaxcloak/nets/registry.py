@@ -482,7 +482,8 @@ def load(
     src = Path(path) if path is not None else spec.locate()
     # One recogniser per model file and backend in a process: a second load (the evaluation
     # after a fit, say) shares the first's weights and its embed function, so jitted
-    # programs over it are reused instead of traced and compiled again.
+    # programs over it are reused instead of traced and compiled again. Its weights stay on
+    # the device for the process's life, and its sha256/cache fields describe the first load.
     if not src.is_file():
         return _load_onnx(spec, src, name, use_cache)  # raises with the reason
     stat = src.stat()

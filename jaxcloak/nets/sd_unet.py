@@ -358,16 +358,26 @@ def _query_block(t: int) -> int:
 
 
 def attention_implementation(
-    dtype: jax.typing.DTypeLike, head_dim: int, backend: str | None = None
+    dtype: jax.typing.DTypeLike, head_dim: int, platform: str | None = None
 ) -> str:
     """``"cudnn"`` (fused flash attention, no logits in memory) for half precision on an
     NVIDIA GPU, else ``"xla"``: cuDNN's kernel takes only bf16/fp16 and head sizes that are
     multiples of 8 up to 128 (SD-1.5's 160-wide heads run at 8x8 latents, where XLA is
-    fine), and CPUs have none."""
-    backend = backend or jax.default_backend()
+    fine); CPUs, TPUs and ROCm GPUs have none. ``platform``: ``cuda``, ``rocm``, ``tpu``
+    or ``cpu`` (default: where JAX runs, :func:`_platform`)."""
+    platform = platform or _platform()
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     fits = head_dim % 8 == 0 and head_dim <= 128
-    return "cudnn" if backend == "gpu" and half and fits and _CUDNN_ATTENTION else "xla"
+    return "cudnn" if platform == "cuda" and half and fits and _CUDNN_ATTENTION else "xla"
+
+
+def _platform() -> str:
+    """JAX's default backend, GPUs told apart: ``cuda`` or ``rocm`` (else the backend)."""
+    backend = jax.default_backend()
+    if backend != "gpu":
+        return backend
+    version = str(getattr(jax.devices()[0].client, "platform_version", "")).lower()
+    return "rocm" if "rocm" in version else "cuda"
 
 
 #: Whether half-precision attention on a GPU may use cuDNN (tests and A/B benchmarks switch it
