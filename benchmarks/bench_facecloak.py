@@ -129,14 +129,13 @@ def main() -> None:
         )
     rec = load("sface")
 
-    def cloaker_for(policy: str, seed: int = 0) -> Cloaker:
+    def cloaker_for(policy: str) -> Cloaker:
         return Cloaker(
             rec,
             cfg,
             make_view_generator("augment", n_views=args.views),
             builtin_pool(),
             max_batch=max(args.batches),
-            seed=seed,
             precision=policy,
         )
 

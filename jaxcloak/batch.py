@@ -34,7 +34,7 @@ from .faces.photo import (
 from .io.atomic import atomic_write_json
 from .io.images import ImageReadError, read_image, write_image
 from .masks import save_mask
-from .precision import get as get_precision
+from .precision import recorded
 from .protect import Cloaker, FitResult, apply_mask
 
 MANIFEST = "manifest.json"
@@ -595,11 +595,9 @@ def same_run(old: dict, run: dict) -> bool:
     """Whether a manifest's run record was made with this run's settings, so its finished
     photos can be kept on resume: config, seed, surrogate and precision policy (records from
     before the policy existed ran in float32)."""
-    float32 = get_precision("float32").describe()
     keys = ("config_hash", "seed", "surrogate")
-    return all(old.get(k) == run[k] for k in keys) and old.get("precision", float32) == run.get(
-        "precision", float32
-    )
+    same_policy = recorded(old.get("precision")) == recorded(run.get("precision"))
+    return same_policy and all(old.get(k) == run[k] for k in keys)
 
 
 def _load_manifest(path: Path, run: dict) -> dict[str, dict]:

@@ -55,8 +55,7 @@ from .nets.registry import FaceRecognizer
 from .objectives.expression import fer_ce
 from .objectives.map import FaceFrame
 from .parallel import make_mesh, run_batched
-from .precision import Policy, scope, wrap_network
-from .precision import get as get_precision
+from .precision import Policy, recorded, scope, wrap_network
 from .precision import resolve as resolve_precision
 
 __all__ = [
@@ -271,214 +270,182 @@ def run_map(
     Raises:
       ValueError / ImageReadError / NoFaceError: naming the photo that cannot be used.
     """
-    policy = precision or resolve_precision()
-    with scope(policy):  # every program below is traced under the policy's matmul precision
-        return _run_map(
-            photos,
-            target_photo,
-            run_dir,
-            recognizer=recognizer,
-            expression=expression,
-            expression_loss=expression_loss,
-            expression_ref=expression_ref,
-            config=config,
-            score=score,
-            seed=seed,
-            resume=resume,
-            progress=progress,
-            out_format=out_format,
-            mesh=mesh,
-            policy=policy,
-        )
+    policy = resolve_precision(precision)
+    # Every program below is traced under the policy's matmul precision.
+    with scope(policy):
+        t_start = time.perf_counter()
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        frame = FaceFrame(score.config.resolution, config.margin)
+        faces = [prepare_map_face(Path(p), frame) for p in photos]
+        target_emb, _ = _target_embedding(recognizer, Path(target_photo))
+        fer_params = fer_xception.load_fer()
+        emo = fer_xception.emotion_index(expression)
+        if expression_loss == "fer_align":
+            if expression_ref is None:
+                raise ValueError("--expression-loss fer_align needs --expression-ref PHOTO")
+            _, ref_crop = _target_embedding(recognizer, Path(expression_ref))
+            ref01 = jnp.asarray(ref_crop[None], jnp.float32) / 255.0
+            expr_target = fer_xception.expression_features(fer_params, ref01)[0]
+        else:
+            expr_target = jnp.asarray(emo, jnp.int32)
 
+        # Decide remat/unroll now, so the settings record what runs (jaxcloak.attacks.map).
+        side = score.config.resolution
+        batch_shape = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)  # one photo a step
+        schedule = make_schedule()
+        eps_fn = wrap_network(score.eps_fn, policy)
+        config = resolve_auto(config, eps_fn, score.params, batch_shape, schedule)
+        settings = {
+            "photos": [str(f.path) for f in faces],
+            "target": str(target_photo),
+            "expression": expression,
+            "expression_loss": expression_loss,
+            "surrogate": recognizer.spec.name,
+            "surrogate_sha256": recognizer.sha256,
+            "score_net": score.source,
+            "score_net_trained": score.trained,
+            "seed": seed,
+            "precision": policy.describe(),
+            "config": dataclasses.asdict(config),
+        }
+        settings_path = run_dir / "settings.json"
 
-def _run_map(
-    photos: Sequence[Path],
-    target_photo: Path,
-    run_dir: Path,
-    *,
-    recognizer: FaceRecognizer,
-    expression: str,
-    expression_loss: str,
-    expression_ref: Path | None,
-    config: MapConfig,
-    score: ScoreNet,
-    seed: int,
-    resume: bool,
-    progress: Callable | None,
-    out_format: str | None,
-    mesh: Mesh | None,
-    policy: Policy,
-) -> dict[str, Any]:
-    t_start = time.perf_counter()
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    frame = FaceFrame(score.config.resolution, config.margin)
-    faces = [prepare_map_face(Path(p), frame) for p in photos]
-    target_emb, _ = _target_embedding(recognizer, Path(target_photo))
-    fer_params = fer_xception.load_fer()
-    emo = fer_xception.emotion_index(expression)
-    if expression_loss == "fer_align":
-        if expression_ref is None:
-            raise ValueError("--expression-loss fer_align needs --expression-ref PHOTO")
-        _, ref_crop = _target_embedding(recognizer, Path(expression_ref))
-        ref01 = jnp.asarray(ref_crop[None], jnp.float32) / 255.0
-        expr_target = fer_xception.expression_features(fer_params, ref01)[0]
-    else:
-        expr_target = jnp.asarray(emo, jnp.int32)
+        def comparable(s: dict[str, Any]) -> dict[str, Any]:
+            # More steps, another checkpoint interval, or remat/unroll decided otherwise on
+            # another machine (the same values) continue the same run.
+            free = ("steps", "checkpoint_every", "remat", "unroll")
+            cfg = {k: v for k, v in s["config"].items() if k not in free}
+            return {**s, "config": cfg, "precision": recorded(s.get("precision"))}
 
-    # Decide remat/unroll now, so the settings record what runs (jaxcloak.attacks.map).
-    side = score.config.resolution
-    batch_shape = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)  # one photo a step
-    schedule = make_schedule()
-    eps_fn = wrap_network(score.eps_fn, policy)
-    config = resolve_auto(config, eps_fn, score.params, batch_shape, schedule)
-    settings = {
-        "photos": [str(f.path) for f in faces],
-        "target": str(target_photo),
-        "expression": expression,
-        "expression_loss": expression_loss,
-        "surrogate": recognizer.spec.name,
-        "surrogate_sha256": recognizer.sha256,
-        "score_net": score.source,
-        "score_net_trained": score.trained,
-        "seed": seed,
-        "precision": policy.describe(),
-        "config": dataclasses.asdict(config),
-    }
-    settings_path = run_dir / "settings.json"
-
-    def comparable(s: dict[str, Any]) -> dict[str, Any]:
-        # More steps, another checkpoint interval, or remat/unroll decided otherwise on
-        # another machine (the same values) continue the same run.
-        free = ("steps", "checkpoint_every", "remat", "unroll")
-        cfg = {k: v for k, v in s["config"].items() if k not in free}
-        # Runs from before the precision policy ran in float32.
-        float32 = get_precision("float32").describe()
-        return {**s, "config": cfg, "precision": s.get("precision", float32)}
-
-    if (
-        resume
-        and settings_path.is_file()
-        and comparable(json.loads(settings_path.read_text())) != comparable(settings)
-    ):
-        raise ValueError(
-            f"{run_dir} holds a run with other settings; use another folder or --no-resume"
-        )
-    atomic_write_json(settings_path, settings)
-
-    x0 = _to_pm1(np.stack([f.crop for f in faces]))
-    # Inversion and regeneration are per image: split the photos over the devices.
-    mesh = mesh if mesh is not None else make_mesh()
-    inv = invert_faces(eps_fn, config)
-    x_lat = run_batched(lambda p, s, x: inv(p, x, s), mesh, (score.params, schedule), (x0,))
-    frozen = score.params if config.sm_variant == "distill" else None
-    inputs = MapInputs(recognizer.params, jnp.asarray(target_emb), fer_params, expr_target, frozen)
-    step_fn = make_map_step(
-        eps_fn,
-        schedule,
-        wrap_network(recognizer.embed, policy),
-        fer_expression_loss(expression_loss),
-        config,
-    )
-    # Copy: the step donates its state, and the frozen weights must survive.
-    state = init_state(jax.tree.map(jnp.copy, score.params), config, jax.random.PRNGKey(seed))
-    manager = _checkpointer(run_dir)
-    traces_path = run_dir / "traces.json"
-    traces: dict[str, list] = {}
-    if resume and (restored := _restore(manager, state)) is not None:
-        state = restored
-        if traces_path.is_file():
-            traces = {
-                k: v[: int(state.step)] for k, v in json.loads(traces_path.read_text()).items()
-            }
-    elif not resume:
-        for step in list(manager.all_steps()):
-            manager.delete(step)
-
-    start = int(state.step)
-    n = len(faces)
-    steps = range(start, config.steps)
-    it = progress(steps, "MAP fine-tuning", len(steps)) if progress else steps
-    t_fit = time.perf_counter()
-    compile_s = None
-    for step in it:
-        i = step % n  # batch 1 in order, as DiffAM
-        batch = MapBatch(x0[i : i + 1], x_lat[i : i + 1])
-        t0 = time.perf_counter()
-        state, metrics = step_fn(state, batch, inputs)
-        if compile_s is None:
-            jax.block_until_ready(state.step)
-            compile_s = time.perf_counter() - t0
-        for k, v in metrics.items():
-            traces.setdefault(k, []).append(np.asarray(v).tolist())
-        every = config.checkpoint_every
-        if every and (step + 1) % every == 0 and step + 1 < config.steps:
-            _save(manager, state)
-            atomic_write_json(traces_path, traces)
-    fit_s = time.perf_counter() - t_fit
-    if start < config.steps:
-        _save(manager, state)
-    atomic_write_json(traces_path, traces)
-
-    # Regenerate with the fine-tuned weights and paste the crop-space edit back.
-    regen = regenerate(eps_fn, config)
-    x_hat, x_rec = (
-        run_batched(lambda p, s, x: regen(p, x, s), mesh, (params, schedule), (x_lat,))
-        for params in (state.params, score.params)
-    )
-    out_dir = run_dir / "protected"
-    out_dir.mkdir(exist_ok=True)
-    rows = []
-    fr_jit = jax.jit(recognizer.embed)
-    fer_probs = jax.jit(lambda p, x: jax.nn.softmax(fer_xception.expression_logits(p, x), axis=-1))
-    from .batch import output_name
-
-    for k, face in enumerate(faces):
-        delta = (x_hat[k] - np.asarray(x0[k])) * 127.5
-        protected = paste_back(face.rgb, [delta], [face.transform])
-        out = out_dir / output_name(Path(face.path.name), out_format)
-        write_image(out, protected, like=read_image(face.path), overwrite=True, format=out_format)
-        row = {"photo": str(face.path), "output": str(out)}
-        # Measured on the written file: re-detect, re-align, embed.
-        written = read_image(out)
-        try:
-            prot_face = prepare_photo(written, faces="largest").faces[0]
-            clean_face = prepare_photo(read_image(face.path), faces="largest").faces[0]
-            e = np.asarray(
-                fr_jit(
-                    recognizer.params,
-                    np.stack([clean_face.crop, prot_face.crop]).astype(np.float32) / 255.0,
-                )
+        if (
+            resume
+            and settings_path.is_file()
+            and comparable(json.loads(settings_path.read_text())) != comparable(settings)
+        ):
+            raise ValueError(
+                f"{run_dir} holds a run with other settings; use another folder or --no-resume"
             )
-            row["cos_target_clean"] = float(e[0] @ target_emb)
-            row["cos_target_protected"] = float(e[1] @ target_emb)
-            row["cos_clean_protected"] = float(e[0] @ e[1])
-        except Exception as err:  # reported in the row; the run goes on
-            row["error"] = f"{type(err).__name__}: {err}"
-        crops01 = np.stack([face.crop, np.clip((x_hat[k] + 1) * 127.5, 0, 255)]) / 255.0
-        probs = np.asarray(fer_probs(fer_params, crops01.astype(np.float32)))
-        row["p_expression_clean"] = float(probs[0, emo])
-        row["p_expression_protected"] = float(probs[1, emo])
-        row["psnr_photo"] = _psnr(face.rgb, written.rgb)
-        row["psnr_crop"] = _psnr(face.crop, np.clip(np.rint((x_hat[k] + 1) * 127.5), 0, 255))
-        row["reconstruction_max_err"] = float(np.abs(x_rec[k] - np.asarray(x0[k])).max())
-        rows.append(row)
+        atomic_write_json(settings_path, settings)
 
-    thr = recognizer.spec.threshold
-    result = {
-        **settings,
-        "threshold": thr,
-        "faces": rows,
-        "steps_run": config.steps - start,
-        "compile_s": compile_s,
-        "fit_s": fit_s,
-        "seconds_per_step": (fit_s - (compile_s or 0)) / max(1, config.steps - start - 1),
-        "total_s": time.perf_counter() - t_start,
-    }
-    atomic_write_json(run_dir / "result.json", result)
-    atomic_write_text(run_dir / "report.md", _report(result, traces))
-    return result
+        x0 = _to_pm1(np.stack([f.crop for f in faces]))
+        # Inversion and regeneration are per image: split the photos over the devices.
+        mesh = mesh if mesh is not None else make_mesh()
+        inv = invert_faces(eps_fn, config)
+        x_lat = run_batched(lambda p, s, x: inv(p, x, s), mesh, (score.params, schedule), (x0,))
+        frozen = score.params if config.sm_variant == "distill" else None
+        inputs = MapInputs(
+            recognizer.params, jnp.asarray(target_emb), fer_params, expr_target, frozen
+        )
+        step_fn = make_map_step(
+            eps_fn,
+            schedule,
+            wrap_network(recognizer.embed, policy),
+            fer_expression_loss(expression_loss),
+            config,
+        )
+        # Copy: the step donates its state, and the frozen weights must survive.
+        state = init_state(jax.tree.map(jnp.copy, score.params), config, jax.random.PRNGKey(seed))
+        manager = _checkpointer(run_dir)
+        traces_path = run_dir / "traces.json"
+        traces: dict[str, list] = {}
+        if resume and (restored := _restore(manager, state)) is not None:
+            state = restored
+            if traces_path.is_file():
+                traces = {
+                    k: v[: int(state.step)] for k, v in json.loads(traces_path.read_text()).items()
+                }
+        elif not resume:
+            for step in list(manager.all_steps()):
+                manager.delete(step)
+
+        start = int(state.step)
+        n = len(faces)
+        steps = range(start, config.steps)
+        it = progress(steps, "MAP fine-tuning", len(steps)) if progress else steps
+        t_fit = time.perf_counter()
+        compile_s = None
+        for step in it:
+            i = step % n  # batch 1 in order, as DiffAM
+            batch = MapBatch(x0[i : i + 1], x_lat[i : i + 1])
+            t0 = time.perf_counter()
+            state, metrics = step_fn(state, batch, inputs)
+            if compile_s is None:
+                jax.block_until_ready(state.step)
+                compile_s = time.perf_counter() - t0
+            for k, v in metrics.items():
+                traces.setdefault(k, []).append(np.asarray(v).tolist())
+            every = config.checkpoint_every
+            if every and (step + 1) % every == 0 and step + 1 < config.steps:
+                _save(manager, state)
+                atomic_write_json(traces_path, traces)
+        fit_s = time.perf_counter() - t_fit
+        if start < config.steps:
+            _save(manager, state)
+        atomic_write_json(traces_path, traces)
+
+        # Regenerate with the fine-tuned weights and paste the crop-space edit back.
+        regen = regenerate(eps_fn, config)
+        x_hat, x_rec = (
+            run_batched(lambda p, s, x: regen(p, x, s), mesh, (params, schedule), (x_lat,))
+            for params in (state.params, score.params)
+        )
+        out_dir = run_dir / "protected"
+        out_dir.mkdir(exist_ok=True)
+        rows = []
+        fr_jit = jax.jit(recognizer.embed)
+        fer_probs = jax.jit(
+            lambda p, x: jax.nn.softmax(fer_xception.expression_logits(p, x), axis=-1)
+        )
+        from .batch import output_name
+
+        for k, face in enumerate(faces):
+            delta = (x_hat[k] - np.asarray(x0[k])) * 127.5
+            protected = paste_back(face.rgb, [delta], [face.transform])
+            out = out_dir / output_name(Path(face.path.name), out_format)
+            write_image(
+                out, protected, like=read_image(face.path), overwrite=True, format=out_format
+            )
+            row = {"photo": str(face.path), "output": str(out)}
+            # Measured on the written file: re-detect, re-align, embed.
+            written = read_image(out)
+            try:
+                prot_face = prepare_photo(written, faces="largest").faces[0]
+                clean_face = prepare_photo(read_image(face.path), faces="largest").faces[0]
+                e = np.asarray(
+                    fr_jit(
+                        recognizer.params,
+                        np.stack([clean_face.crop, prot_face.crop]).astype(np.float32) / 255.0,
+                    )
+                )
+                row["cos_target_clean"] = float(e[0] @ target_emb)
+                row["cos_target_protected"] = float(e[1] @ target_emb)
+                row["cos_clean_protected"] = float(e[0] @ e[1])
+            except Exception as err:  # reported in the row; the run goes on
+                row["error"] = f"{type(err).__name__}: {err}"
+            crops01 = np.stack([face.crop, np.clip((x_hat[k] + 1) * 127.5, 0, 255)]) / 255.0
+            probs = np.asarray(fer_probs(fer_params, crops01.astype(np.float32)))
+            row["p_expression_clean"] = float(probs[0, emo])
+            row["p_expression_protected"] = float(probs[1, emo])
+            row["psnr_photo"] = _psnr(face.rgb, written.rgb)
+            row["psnr_crop"] = _psnr(face.crop, np.clip(np.rint((x_hat[k] + 1) * 127.5), 0, 255))
+            row["reconstruction_max_err"] = float(np.abs(x_rec[k] - np.asarray(x0[k])).max())
+            rows.append(row)
+
+        thr = recognizer.spec.threshold
+        result = {
+            **settings,
+            "threshold": thr,
+            "faces": rows,
+            "steps_run": config.steps - start,
+            "compile_s": compile_s,
+            "fit_s": fit_s,
+            "seconds_per_step": (fit_s - (compile_s or 0)) / max(1, config.steps - start - 1),
+            "total_s": time.perf_counter() - t_start,
+        }
+        atomic_write_json(run_dir / "result.json", result)
+        atomic_write_text(run_dir / "report.md", _report(result, traces))
+        return result
 
 
 def _report(result: dict[str, Any], traces: dict[str, list]) -> str:

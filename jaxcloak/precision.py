@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from .parallel import cast_floating
 
-__all__ = ["NAMES", "Policy", "apply", "get", "resolve", "scope", "wrap_network"]
+__all__ = ["NAMES", "Policy", "apply", "get", "recorded", "resolve", "scope", "wrap_network"]
 
 
 @dataclass(frozen=True)
@@ -71,11 +71,20 @@ def get(name: str) -> Policy:
         raise ValueError(f"unknown precision {name!r}; choose from {', '.join(NAMES)}") from None
 
 
-def resolve(name: str | None = "auto", backend: str | None = None) -> Policy:
-    """``name``, with ``auto`` (or None) resolved for ``backend`` (default: JAX's)."""
+def resolve(name: Policy | str | None = "auto", backend: str | None = None) -> Policy:
+    """The policy ``name`` stands for: a Policy itself, a named one, or ``auto`` (or None)
+    resolved for ``backend`` (default: JAX's)."""
+    if isinstance(name, Policy):
+        return name
     if name in (None, "auto"):
         return get(_AUTO.get(backend or jax.default_backend(), "float32"))
     return get(name)
+
+
+def recorded(record: dict[str, str] | None) -> dict[str, str]:
+    """The :meth:`Policy.describe` a manifest or settings file recorded; records from before
+    the policy existed (None) ran in float32."""
+    return record if record is not None else get("float32").describe()
 
 
 @contextlib.contextmanager
@@ -85,14 +94,14 @@ def scope(policy: Policy | str) -> Iterator[Policy]:
     JAX keys its jit caches on this setting, so programs traced under two policies never
     share a compilation.
     """
-    p = get(policy) if isinstance(policy, str) else policy
+    p = resolve(policy)
     with jax.default_matmul_precision(p.matmul):
         yield p
 
 
 def apply(policy: Policy | str) -> Policy:
     """Set ``policy``'s matmul precision for the whole process (the CLI does this once)."""
-    p = get(policy) if isinstance(policy, str) else policy
+    p = resolve(policy)
     jax.config.update("jax_default_matmul_precision", p.matmul)
     return p
 

@@ -120,7 +120,7 @@ class Cloaker:
             raise ValueError(f"seed must be in 0..{2**32 - 1}, got {seed}")
         self.seed = seed
         self.mesh = mesh if mesh is not None else make_mesh()
-        self.precision = precision if isinstance(precision, Policy) else resolve(precision)
+        self.precision = resolve(precision)
         one = make_cloak(wrap_network(recognizer.embed, self.precision), config)
 
         view_params = getattr(views, "params", None)
