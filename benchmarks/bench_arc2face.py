@@ -8,10 +8,11 @@ encoder, fed to torch too; the text encoder is a negligible share), 25 DPM-Solve
 
 - jax: ``make_sampler`` AOT-compiled (compile seconds apart), one call = N=4 people x V=8
   views, median and p10-p90 of ``--repeats`` calls after one warm-up;
-- torch (reference): as the FaceCloak reference codes it (D14): one batch-1 sampling loop per
-  view (2 CFG branches per UNet call), autograd ON (the graph is kept, never back-propagated),
-  then a batch-1 VAE decode, 4 x 8 = 32 sequential loops per call. Only ``--ref-samples`` of
-  the 32 loops are timed and the per-sample median is scaled x32 (stated in the output);
+- torch (reference): as the FaceCloak reference codes it (docs/facecloak.md, "Defect: sampling
+  with autograd on"): one batch-1 sampling loop per view (2 CFG branches per UNet call),
+  autograd ON (the graph is kept, never back-propagated), then a batch-1 VAE decode, 4 x 8 =
+  32 sequential loops per call. Only ``--ref-samples`` of the 32 loops are timed and the
+  per-sample median is scaled x32 (stated in the output);
 - torch (tuned): all 32 views in one batch (64 with CFG), ``torch.no_grad``, one loop, one
   batched decode.
 
@@ -59,8 +60,8 @@ from timing import environment, time_calls
 from torch_reference.sd_twins import SD15_DPM_SCHEDULER, arc2face_twins, unet_kwargs, vae_kwargs
 
 from jaxcloak import precision
-from jaxcloak.attacks import arc2face
 from jaxcloak.diffusion.dpm_solver import make_dpm_solver
+from jaxcloak.methods.facecloak import arc2face
 from jaxcloak.nets import clip_text, sd_unet, sd_vae
 
 

@@ -1,6 +1,6 @@
 """Bulk protection throughput and compile time with a cold vs warm persistent compile cache.
 
-Makes ``--photos`` distinct photos from package-shipped faces (``jaxcloak.samples.
+Makes ``--photos`` distinct photos from package-shipped faces (``jaxcloak.faces.samples.
 synthetic_photos``: crops, scales, flips, small rotations, colour changes of the astronaut and
 insightface's ``t1.jpg`` group photo), then runs the real CLI, each run its own process:
 
@@ -35,7 +35,7 @@ from timing import environment
 def make_photos(folder: Path, n: int, seed: int) -> dict[str, float]:
     from PIL import Image
 
-    from jaxcloak.samples import synthetic_photos
+    from jaxcloak.faces.samples import synthetic_photos
 
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -131,7 +131,7 @@ def _network(name: str):
     """SFace (the packaged ONNX model through the converter) or MobileFaceNet (Flax, random
     weights: speed does not depend on their values)."""
     if name == "sface":
-        from jaxcloak.nets import load
+        from jaxcloak.zoo import load
 
         rec = load("sface")
         return rec.embed, rec.params

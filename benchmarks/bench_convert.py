@@ -29,7 +29,7 @@ from timing import compile_jax, environment, time_calls
 
 from jaxcloak import precision
 from jaxcloak.convert.onnx.reference import ort_session, with_dynamic_batch
-from jaxcloak.nets import load
+from jaxcloak.zoo import load
 
 
 def bench(batch: int, iters: int, model, session, torch_embed, device: str) -> dict:

@@ -26,14 +26,14 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from timing import environment, time_calls
 
-from jaxcloak.anchors import builtin_pool
-from jaxcloak.attacks.views import make_view_generator
 from jaxcloak.configs.facecloak import get_config
 from jaxcloak.faces import align_face, detect_faces, prepare_photo
 from jaxcloak.faces.chain import paste_realign_taps
-from jaxcloak.nets import load
+from jaxcloak.methods.facecloak.anchors import builtin_pool
+from jaxcloak.methods.facecloak.cloaker import Cloaker, apply_mask
+from jaxcloak.methods.facecloak.views import make_view_generator
 from jaxcloak.precision import NAMES, scope
-from jaxcloak.protect import Cloaker, apply_mask
+from jaxcloak.zoo import load
 
 
 def bench_fit(
@@ -44,9 +44,9 @@ def bench_fit(
     the face is the same, the identity keys, hence views and initial masks, differ)."""
     faces = np.repeat(face[None], batch, 0)
     # Build the call's arguments the way Cloaker does, then time the compiled program alone.
-    from jaxcloak.anchors import anchor_embeddings
-    from jaxcloak.attacks.facecloak import highpass_for
-    from jaxcloak.protect import identity_fold
+    from jaxcloak.methods.facecloak.anchors import anchor_embeddings
+    from jaxcloak.methods.facecloak.attack import highpass_for
+    from jaxcloak.methods.facecloak.cloaker import identity_fold
 
     anchors = anchor_embeddings(cloaker.recognizer, face, cloaker.pool)
     e_sim, e_dist, _ = anchors

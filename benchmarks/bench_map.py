@@ -1,6 +1,6 @@
 """MAP train-step speed and memory per score-network size, compile time apart.
 
-For each DDPM UNet variant, the jitted train step of :mod:`jaxcloak.attacks.map` (6-step DDIM
+For each DDPM UNet variant, the jitted train step of :mod:`jaxcloak.methods.map.step` (6-step DDIM
 regeneration, remat where memory needs it, identity loss on SFace, fer expression loss, quality
 losses, DSM, GradVac, Adam) is AOT-compiled on the astronaut's face (compile seconds reported
 apart), then run ``--steps`` times; we report the median step time and the compiled program's memory
@@ -29,17 +29,12 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from timing import environment
 
-from jaxcloak.attacks.map import (
-    MapBatch,
-    MapInputs,
-    init_state,
-    invert_faces,
-    make_map_step,
-)
 from jaxcloak.configs.map import get_config
 from jaxcloak.diffusion import make_schedule
-from jaxcloak.map_run import embedded_score_net, fer_expression_loss
-from jaxcloak.nets import fer_xception, load
+from jaxcloak.methods.map.step import MapBatch, MapInputs, init_state, invert_faces, make_map_step
+from jaxcloak.nets import fer_xception
+from jaxcloak.pipelines.map_photos import embedded_score_net, fer_expression_loss
+from jaxcloak.zoo import load
 
 
 def _face(side: int) -> jnp.ndarray:

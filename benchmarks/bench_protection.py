@@ -37,16 +37,16 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from timing import environment
 
-from jaxcloak.anchors import IMAGE_SUFFIXES, builtin_pool, embed_faces
-from jaxcloak.attacks.views import MultiPhotoViews, make_view_generator
 from jaxcloak.configs.facecloak import get_config
 from jaxcloak.evaluate.dlib_bb import DlibRecognizer
 from jaxcloak.evaluate.metrics import psnr, ssim
 from jaxcloak.evaluate.robustness import apply_transform, map_box
 from jaxcloak.faces import NoFaceError, prepare_photo
 from jaxcloak.io import read_image
-from jaxcloak.nets import load
-from jaxcloak.protect import Cloaker, FitResult, apply_mask
+from jaxcloak.methods.facecloak.anchors import IMAGE_SUFFIXES, builtin_pool, embed_faces
+from jaxcloak.methods.facecloak.cloaker import Cloaker, FitResult, apply_mask
+from jaxcloak.methods.facecloak.views import MultiPhotoViews, make_view_generator
+from jaxcloak.zoo import load
 
 #: Named CloakConfig overrides; "+" joins several.
 CONFIGS: dict[str, dict] = {

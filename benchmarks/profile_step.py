@@ -136,9 +136,9 @@ def facecloak_program(surrogate: str, batch: int, passes: int):
     from run import N_VIEWS, facecloak_inputs
     from run import surrogate as load_surrogate
 
-    from jaxcloak.attacks.facecloak import make_batched_cloak
     from jaxcloak.configs.facecloak import FAITHFUL
     from jaxcloak.faces.chain import identity_taps
+    from jaxcloak.methods.facecloak.attack import make_batched_cloak
 
     inputs = facecloak_inputs(surrogate, batch)
     embed, params = load_surrogate(surrogate, "jax")

@@ -131,7 +131,7 @@ def surrogate(name: str, framework: str, requires_grad: bool = True, device: str
     """
     if framework == "jax":
         if name == "sface":
-            from jaxcloak.nets import load
+            from jaxcloak.zoo import load
 
             rec = load("sface")
             return rec.embed, rec.params
@@ -290,9 +290,9 @@ def worker_facecloak_jax(row: dict, inputs: dict) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxcloak.attacks.facecloak import make_batched_cloak
     from jaxcloak.configs.facecloak import FAITHFUL
     from jaxcloak.faces.chain import identity_taps
+    from jaxcloak.methods.facecloak.attack import make_batched_cloak
 
     _jax_setup(row)
     b = row["batch"]
@@ -732,8 +732,8 @@ def map_inputs(size: Size) -> dict:
     from bench_map import _face
     from torch_reference.map_step import shared_score_net
 
-    from jaxcloak.attacks.map import invert_faces
     from jaxcloak.diffusion import make_schedule
+    from jaxcloak.methods.map.step import invert_faces
 
     net = shared_score_net(size.map_variant, seed=0, zero_out=True)
     x0 = _face(net.config.resolution)
@@ -752,10 +752,10 @@ def jax_map_step(variant: str, n_train: int, inputs: dict, unroll: bool | None =
     import jax.numpy as jnp
     from torch_reference.map_step import shared_score_net
 
-    from jaxcloak.attacks.map import MapBatch, MapInputs, init_state, make_map_step
     from jaxcloak.diffusion import make_schedule
-    from jaxcloak.map_run import fer_expression_loss
+    from jaxcloak.methods.map.step import MapBatch, MapInputs, init_state, make_map_step
     from jaxcloak.nets import fer_xception
+    from jaxcloak.pipelines.map_photos import fer_expression_loss
 
     config = map_config(n_train, unroll)
     net = shared_score_net(variant, seed=0, zero_out=True)

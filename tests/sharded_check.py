@@ -14,19 +14,19 @@ import numpy as np
 
 
 def facecloak() -> dict:
-    from jaxcloak.anchors import builtin_pool
-    from jaxcloak.attacks.views import make_view_generator
     from jaxcloak.configs.facecloak import get_config
-    from jaxcloak.nets.registry import load
+    from jaxcloak.faces.samples import lfw_faces, sample_faces
+    from jaxcloak.methods.facecloak.anchors import builtin_pool
+    from jaxcloak.methods.facecloak.cloaker import Cloaker
+    from jaxcloak.methods.facecloak.views import make_view_generator
     from jaxcloak.parallel import make_mesh
-    from jaxcloak.protect import Cloaker
-    from jaxcloak.samples import lfw_faces, sample_faces
+    from jaxcloak.zoo.registry import load
 
     rec = load("sface")
     faces = np.stack([*sample_faces(3).values(), *lfw_faces(8)[3:7]])  # 8 identities
     ids = [f"id{i}" for i in range(len(faces))]
     # One step: the sign update amplifies rounding-level differences between two compiled
-    # programs chaotically (benchmarks/RESULTS.md, issue 8), so later steps cannot be compared
+    # programs chaotically (measured in benchmarks/RESULTS.md), so later steps cannot be compared
     # bit for bit; one step checks that every identity gets its own data, key and anchors.
     config = get_config("fixed", "mid", steps=1)
     pool = builtin_pool()
@@ -64,8 +64,8 @@ def c4_taps():
 
 
 def map_inversion() -> dict:
-    from jaxcloak.attacks.map import MapConfig, invert_faces
     from jaxcloak.diffusion import make_schedule
+    from jaxcloak.methods.map.step import MapConfig, invert_faces
     from jaxcloak.nets import ddpm_unet
     from jaxcloak.parallel import make_mesh, run_batched
 

@@ -1,4 +1,4 @@
-"""Anchor pools and FaceCloak's anchor selection (spec facecloak.md section 3, D1/D2).
+"""Anchor pools and FaceCloak's anchor selection (docs/facecloak.md, "Anchors").
 
 Real faces only, read at run time from installed packages: insightface's ``t1.jpg`` (6 different
 people) and Tom Hanks crop when insightface is installed (tests skip with the reason otherwise),
@@ -14,12 +14,18 @@ import numpy as np
 import pytest
 import skimage.data
 
-from jaxcloak import anchors as A
-from jaxcloak.anchors import AnchorPool, anchor_embeddings, builtin_pool, select_anchors, user_pool
 from jaxcloak.faces import detect_faces
+from jaxcloak.faces.samples import astronaut_aligned
 from jaxcloak.io.images import read_image, write_image
-from jaxcloak.nets import load
-from jaxcloak.samples import astronaut_aligned
+from jaxcloak.methods.facecloak import anchors as A
+from jaxcloak.methods.facecloak.anchors import (
+    AnchorPool,
+    anchor_embeddings,
+    builtin_pool,
+    select_anchors,
+    user_pool,
+)
+from jaxcloak.zoo import load
 
 needs_insightface = pytest.mark.skipif(
     A._insightface_images() is None,

@@ -1,6 +1,6 @@
-"""Arc2Face sampling (``jaxcloak.attacks.arc2face``): one compiled program for V views of N
-people, and a full 25-step guided sampling against diffusers' UNet, DPM-Solver++ scheduler and
-VAE driven the way the reference's ``pipeline_forward_with_grad`` drives them.
+"""Arc2Face sampling (``jaxcloak.methods.facecloak.arc2face``): one compiled program for V
+views of N people, and a full 25-step guided sampling against diffusers' UNet, DPM-Solver++
+scheduler and VAE driven the way the reference's ``pipeline_forward_with_grad`` drives them.
 
 The text encoder's own parity (and the identity injection against a re-declared
 ``CLIPTextModelWrapper``) is tested in ``test_clip_text.py``; here its outputs condition both
@@ -26,8 +26,8 @@ from test_sd_vae import TINY_DIFFUSERS  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from torch_reference.sd_twins import SD15_DPM_SCHEDULER, arc2face_twins, unet_kwargs  # noqa: E402
 
-from jaxcloak.attacks import arc2face  # noqa: E402
 from jaxcloak.diffusion.dpm_solver import make_dpm_solver  # noqa: E402
+from jaxcloak.methods.facecloak import arc2face  # noqa: E402
 from jaxcloak.nets import clip_text, sd_unet  # noqa: E402
 
 TEXT = clip_text.get_config("tiny")
@@ -116,12 +116,12 @@ def test_guided_25_step_sampling_matches_diffusers(models):
 
 def test_stage2_fits_masks_on_arc2face_views(models):
     """The generator plugs into the Cloaker: its weights are program arguments."""
-    from jaxcloak.anchors import builtin_pool
-    from jaxcloak.attacks.views import ViewGenerator, make_view_generator
     from jaxcloak.configs.facecloak import get_config
-    from jaxcloak.nets.registry import load
-    from jaxcloak.protect import Cloaker
-    from jaxcloak.samples import sample_faces
+    from jaxcloak.faces.samples import sample_faces
+    from jaxcloak.methods.facecloak.anchors import builtin_pool
+    from jaxcloak.methods.facecloak.cloaker import Cloaker
+    from jaxcloak.methods.facecloak.views import ViewGenerator, make_view_generator
+    from jaxcloak.zoo.registry import load
 
     _, _, nets, params = models
     rec = load("sface")

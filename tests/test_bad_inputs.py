@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from jaxcloak.cli import main
+from jaxcloak.cli.main import main
 from jaxcloak.io import ImageReadError, read_image
-from jaxcloak.masks import MaskFileError, load_mask, save_mask
+from jaxcloak.methods.facecloak.masks import MaskFileError, load_mask, save_mask
 
 CHEAP = ["--steps", "1", "--views", "1", "--allow-unprotected", "--identity", "per-file"]
 

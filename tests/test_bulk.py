@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from jaxcloak.faces.samples import synthetic_photos
 from jaxcloak.io import read_image
+from jaxcloak.pipelines.stream import _read_jsonl, mask_name
 from jaxcloak.runtime import init_distributed, process_share
-from jaxcloak.samples import synthetic_photos
-from jaxcloak.stream import _read_jsonl, mask_name
 
 N_PHOTOS = 10  # enough after the first batch that a kill lands mid-run
 # Cheapest real settings: the pipeline is under test here, not the mask's strength.
@@ -74,8 +74,8 @@ def killed_and_resumed(photos, tmp_path_factory):
     # Convert SFace and embed the anchor pool into the session's model cache first, so both
     # runs start from the same cached model (a fresh conversion traces slightly different
     # weight-staging programs than a cache load, which would blur the compile-count check).
-    from jaxcloak.anchors import builtin_pool
-    from jaxcloak.nets.registry import load
+    from jaxcloak.methods.facecloak.anchors import builtin_pool
+    from jaxcloak.zoo.registry import load
 
     builtin_pool().embeddings(load("sface"))
     tmp = tmp_path_factory.mktemp("bulk_out")

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from jaxcloak.cli import main
+from jaxcloak.cli.main import main
 from jaxcloak.convert.cache import entry_path, load_onnx_cached
 
 

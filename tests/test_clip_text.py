@@ -246,7 +246,7 @@ def test_arc2face_prompt_embeds(tiny: dict[str, Any]) -> None:
     prompt[0, 7:] = config.vocab_size - 1
     id_token = int(prompt[0, ID_POSITION])
     raw = np.random.default_rng(4).standard_normal((BATCH, ID_DIM)).astype(np.float32) * 3
-    # Arc2Face's caller normalises e0 first (facecloak.md section 2); ours normalises inside.
+    # Arc2Face's caller normalises e0 first (before project_face_embs); ours normalises inside.
     with torch.no_grad():
         face = F.normalize(torch.from_numpy(raw), dim=-1)
         ref = project_face_embs(

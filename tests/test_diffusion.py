@@ -26,7 +26,7 @@ B, H, W, C = 2, 8, 8, 3
 
 @pytest.fixture(autouse=True, scope="module")
 def _fast_compiles():
-    """Tiny programs: XLA's optimisation passes cost more than they save (style.md rule 10)."""
+    """Tiny programs: XLA's optimisation passes cost more than they save."""
     before = jax.config.read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", True)
     yield

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxcloak.nets import iresnet
-from jaxcloak.nets.ensemble import (
+from jaxcloak.zoo.ensemble import (
     DIFFAM_SPLITS,
     Ensemble,
     build_ensemble,
@@ -18,7 +18,7 @@ from jaxcloak.nets.ensemble import (
     leave_one_out,
     parse_models,
 )
-from jaxcloak.nets.registry import MODELS, FaceRecognizer, _native_embed, load
+from jaxcloak.zoo.registry import MODELS, FaceRecognizer, _native_embed, load
 
 
 def _tiny(name: str, seed: int, threshold: float | None) -> FaceRecognizer:

@@ -2,7 +2,7 @@
 
 The dlib tests need ``pip install dlib-bin face-recognition-models`` and are skipped without it;
 the robustness tests need only Pillow and OpenCV. Real photos are read from the installed
-packages at run time, never copied (shared/specs/assets.md section 2.9). Measured here (CPU):
+packages at run time, never copied (they are third-party photos). Measured here (CPU):
 HOG ~0.13 s on the astronaut, ~0.7 s on t1; ~0.11 s per descriptor.
 """
 
@@ -98,7 +98,7 @@ def test_astronaut_and_its_mirror_are_the_same_person(rec, astronaut) -> None:
 
 @needs_dlib
 def test_t1_people_are_pairwise_different(rec, t1_faces) -> None:
-    assert len(t1_faces) == 6  # assets.md 2.3: HOG finds 6/6
+    assert len(t1_faces) == 6  # dlib's HOG detector finds all 6 people of t1.jpg
     areas = [f.area for f in t1_faces]
     assert areas == sorted(areas, reverse=True)
     desc = np.stack([f.descriptor for f in t1_faces])

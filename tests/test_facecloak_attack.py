@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcloak.attacks.facecloak import CloakConfig, make_batched_cloak, make_cloak
 from jaxcloak.configs.facecloak import FAITHFUL, get_config
 from jaxcloak.faces.chain import identity_taps
+from jaxcloak.methods.facecloak.attack import CloakConfig, make_batched_cloak, make_cloak
 from jaxcloak.objectives.facecloak import faithful_region_mask, sticker_boxes
 
 S, D = 24, 8
@@ -36,7 +36,7 @@ def problem():
 
 
 def numpy_faithful_step(w, s_ref, alpha, rho, e_pos, e_neg, lam, guard, eta):
-    """One afog_cloak_multi step (spec section 5), float64, gradient by hand."""
+    """One afog_cloak_multi step (docs/facecloak.md, Stage 2), float64, gradient by hand."""
     x = s_ref + alpha * rho
     u = ((x + 1) / 2).reshape(-1) @ w
     h = np.tanh(u)
@@ -95,7 +95,7 @@ def test_faithful_region_extras():
     p = jnp.full((S, S, 3), -0.5)
     extra = np.asarray(faithful_region_mask(p, boxes, jnp.ones((S, S, 3))))
     inside = np.asarray(boxes).sum(0) > 0
-    # floor(-32) in the boxes, plus -1 from the unscaled high-pass everywhere (D7).
+    # floor(-32) in the boxes, plus -1 from the unscaled high-pass everywhere (the reference's bug).
     assert np.all(extra[inside] == -33) and np.all(extra[~inside] == -1)
 
 

@@ -32,6 +32,7 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 from PIL import Image as PILImage  # noqa: E402
 
+from jaxcloak.faces.samples import sample_faces  # noqa: E402
 from jaxcloak.nets import fer_xception as fx  # noqa: E402
 from jaxcloak.objectives.expression import (  # noqa: E402
     crop_face_region,
@@ -39,7 +40,6 @@ from jaxcloak.objectives.expression import (  # noqa: E402
     fer_ce,
     fer_dir,
 )
-from jaxcloak.samples import sample_faces  # noqa: E402
 
 LAYER_RTOL = 1e-5
 PROB_ATOL = 1e-5
@@ -132,7 +132,7 @@ def test_tom_hanks_scores_happy(params, faces) -> None:
     probs = jax.nn.softmax(logits)
     probs = dict(zip(fx.EMOTIONS, np.asarray(probs[0]).tolist(), strict=True))
     assert max(probs, key=probs.get) == "happy"
-    # assets.md: happy 0.783, neutral 0.196 through fer's cv2 preprocessing; ours (jax resize)
+    # The Keras model: happy 0.783, neutral 0.196 through fer's cv2 preprocessing; ours (jax resize)
     # gives happy 0.784, neutral 0.186.
     assert probs["happy"] == pytest.approx(0.784, abs=0.01)
     assert probs["neutral"] == pytest.approx(0.19, abs=0.02)

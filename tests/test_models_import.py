@@ -18,9 +18,10 @@ import jax  # noqa: E402
 from reference_nets import IResNet as TorchIResNet  # noqa: E402
 from reference_nets import randomise_  # noqa: E402
 
-from jaxcloak.cli import main  # noqa: E402
+from jaxcloak.cli.main import main  # noqa: E402
 from jaxcloak.convert.torch import ConversionError  # noqa: E402
-from jaxcloak.nets import iresnet, registry  # noqa: E402
+from jaxcloak.nets import iresnet  # noqa: E402
+from jaxcloak.zoo import registry  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -158,7 +158,7 @@ def unet2d() -> Any:
 
 
 def test_celeba_hq_param_count_is_abstract() -> None:
-    """113,673,219 parameters (map.md 2.1), counted from shapes without allocating any."""
+    """113,673,219 parameters (DiffAM's checkpoint), counted from shapes without allocating any."""
     _, abstract = ddpm_unet.build("celeba_hq")
     leaves = jax.tree.leaves(abstract)
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)

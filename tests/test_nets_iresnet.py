@@ -246,7 +246,7 @@ def test_build_is_abstract_and_matches_init() -> None:
 
 
 def test_onnx_export_path_agrees_with_native_port(tmp_path: Path) -> None:
-    """torch reference -> ONNX -> issue-2 converter gives the native port's embedding."""
+    """torch reference -> ONNX -> jaxcloak's ONNX converter gives the native port's embedding."""
     from reference_nets import export_onnx
 
     from jaxcloak.convert.onnx import convert

@@ -114,7 +114,7 @@ def test_stack_scatter_and_paste_round_trip(astronaut, t1):
 def _sideways_portrait():
     """A package-built photo whose face YuNet misses once the photo is turned on its side."""
     from jaxcloak.faces import detect_faces
-    from jaxcloak.samples import synthetic_photos
+    from jaxcloak.faces.samples import synthetic_photos
 
     for _, rgb in synthetic_photos(40, seed=1, size=(200, 260), sources=("astronaut",)):
         turned = np.ascontiguousarray(np.rot90(rgb, 1))
@@ -163,7 +163,7 @@ def test_a_user_box_outside_the_photo_is_not_protected(blank):
 def test_folder_scan_names_what_it_skips(tmp_path):
     import os
 
-    from jaxcloak.batch import collect_inputs
+    from jaxcloak.pipelines.bulk import collect_inputs
 
     _save(tmp_path / "a.png", np.zeros((8, 8, 3), np.uint8))
     (tmp_path / "b.gif").write_bytes(b"GIF89a")

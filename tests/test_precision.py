@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxcloak import cli, precision
+from jaxcloak import precision
+from jaxcloak.cli import args as cli_args
 from jaxcloak.nets.layers import Conv2d, Linear
 
 
@@ -30,7 +31,7 @@ def _eqns(jaxpr):
 
 
 def test_names_and_resolution():
-    assert cli.PRECISIONS == precision.NAMES
+    assert cli_args.PRECISIONS == precision.NAMES
     for backend in ("cpu", "gpu", "tpu"):
         assert precision.resolve("auto", backend).name == "float32"
     assert precision.resolve(None, "cpu").name == "float32"
@@ -60,8 +61,8 @@ def test_policy_reaches_flax_layers(name, expected):
 
 @pytest.fixture(scope="module")
 def sface():
-    from jaxcloak.nets.registry import load
-    from jaxcloak.samples import astronaut_aligned
+    from jaxcloak.faces.samples import astronaut_aligned
+    from jaxcloak.zoo.registry import load
 
     rec = load("sface")
     x = np.asarray(astronaut_aligned()[None], np.float32) / 255.0
@@ -101,11 +102,11 @@ def test_each_policy_runs_and_float32_is_unchanged(sface):
 
 
 def test_cloaker_records_and_uses_its_policy(sface):
-    from jaxcloak.anchors import builtin_pool
-    from jaxcloak.attacks.facecloak import CloakConfig
-    from jaxcloak.attacks.views import make_view_generator
-    from jaxcloak.protect import Cloaker
-    from jaxcloak.samples import astronaut_aligned
+    from jaxcloak.faces.samples import astronaut_aligned
+    from jaxcloak.methods.facecloak.anchors import builtin_pool
+    from jaxcloak.methods.facecloak.attack import CloakConfig
+    from jaxcloak.methods.facecloak.cloaker import Cloaker
+    from jaxcloak.methods.facecloak.views import make_view_generator
 
     rec, _ = sface
     face = astronaut_aligned()[None]

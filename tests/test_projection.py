@@ -31,7 +31,7 @@ SHAPES = {"conv": {"kernel": (3, 3, 2, 4), "bias": (4,)}, "dense": {"kernel": (5
 
 @pytest.fixture(autouse=True, scope="module")
 def _fast_compiles():
-    """Tiny programs: XLA's optimisation passes cost more than they save (style.md rule 10)."""
+    """Tiny programs: XLA's optimisation passes cost more than they save."""
     before = jax.config.read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", True)
     yield

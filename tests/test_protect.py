@@ -19,15 +19,15 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from jaxcloak.anchors import builtin_pool, embed_faces
-from jaxcloak.attacks.views import make_view_generator
-from jaxcloak.batch import group_identities, protect_files
-from jaxcloak.cli import main
+from jaxcloak.cli.main import main
 from jaxcloak.configs.facecloak import get_config
 from jaxcloak.faces import align_face, detect_faces
-from jaxcloak.masks import MaskFileError, load_mask, save_mask
-from jaxcloak.nets.registry import load
-from jaxcloak.protect import Cloaker
+from jaxcloak.methods.facecloak.anchors import builtin_pool, embed_faces
+from jaxcloak.methods.facecloak.cloaker import Cloaker
+from jaxcloak.methods.facecloak.masks import MaskFileError, load_mask, save_mask
+from jaxcloak.methods.facecloak.views import make_view_generator
+from jaxcloak.pipelines.bulk import group_identities, protect_files
+from jaxcloak.zoo.registry import load
 
 #: The default strength's L-inf budget in grey levels.
 DEFAULT_LEVELS = round(get_config().eps * 255)
@@ -309,7 +309,7 @@ def test_identity_keys_derived_in_the_program_equal_identity_key(seed):
     whole seed range the CLI accepts."""
     import jax
 
-    from jaxcloak.protect import fold_key, identity_fold, identity_key
+    from jaxcloak.methods.facecloak.cloaker import fold_key, identity_fold, identity_key
 
     ids = ["astronaut.png#0", "people/ann/1.jpg#2"]
     folds = np.asarray([identity_fold(i) for i in ids], np.uint32)
@@ -490,8 +490,8 @@ def test_eval_explicit_pairs_and_impersonation_target(astronaut_file, tmp_path, 
 
 
 def test_stream_keeps_going_past_bad_files_and_logs_each_photo(astronaut_file, tmp_path, cheap):
-    from jaxcloak.batch import common_root
-    from jaxcloak.stream import protect_stream
+    from jaxcloak.pipelines.bulk import common_root
+    from jaxcloak.pipelines.stream import protect_stream
 
     (tmp_path / "bad.jpg").write_text("not a photo")
     Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(tmp_path / "wall.png")
@@ -523,8 +523,8 @@ def test_stream_keeps_going_past_bad_files_and_logs_each_photo(astronaut_file, t
 def test_stream_with_many_threads_equals_one_thread(tmp_path, rec):
     # Same-size photos through 4 readers and 4 writers: detection used to share one OpenCV
     # object between threads, which failed photos and shifted boxes at random.
-    from jaxcloak.samples import synthetic_photos
-    from jaxcloak.stream import protect_stream
+    from jaxcloak.faces.samples import synthetic_photos
+    from jaxcloak.pipelines.stream import protect_stream
 
     src = tmp_path / "in"
     src.mkdir()
@@ -644,7 +644,7 @@ def test_flag_ranges_are_checked_before_any_work(tmp_path, capsys, flags, messag
 def test_disk_full_fails_cleanly_and_keeps_finished_work(astronaut_file, tmp_path, cheap, capsys):
     import errno
 
-    import jaxcloak.batch as batch
+    import jaxcloak.pipelines.bulk as batch
 
     def no_space(path, *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))

@@ -37,7 +37,7 @@ from jaxcloak.nets.sd_unet import (  # noqa: E402
     make_unet,
 )
 
-# fp32 CPU tolerance ladder (style.md rule 9): per block, then the whole network.
+# fp32 CPU tolerance ladder (looser as errors accumulate): per block, then the whole network.
 PIECE_RTOL = 2e-5
 NET_RTOL = 1e-4
 TIMES = np.array([10.0, 700.0], np.float32)  # batch of 2, different t

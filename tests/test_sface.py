@@ -18,8 +18,8 @@ import jax.numpy as jnp  # noqa: E402
 
 from jaxcloak.convert.onnx import convert  # noqa: E402
 from jaxcloak.convert.onnx.reference import ort_session  # noqa: E402
-from jaxcloak.nets import get_spec, load  # noqa: E402
-from jaxcloak.samples import sample_faces  # noqa: E402
+from jaxcloak.faces.samples import sample_faces  # noqa: E402
+from jaxcloak.zoo import get_spec, load  # noqa: E402
 
 
 @pytest.fixture(scope="module")

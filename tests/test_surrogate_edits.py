@@ -14,9 +14,9 @@ from onnx import TensorProto, helper, numpy_helper
 from test_facecloak_attack import tiny_embed
 from test_transfer import one_program_runs
 
-from jaxcloak.attacks.facecloak import CloakConfig, _darken, make_cloak
 from jaxcloak.convert.onnx import convert
 from jaxcloak.faces.chain import identity_taps
+from jaxcloak.methods.facecloak.attack import CloakConfig, _darken, make_cloak
 from jaxcloak.objectives import surrogate as sur
 from jaxcloak.optim.attack import neighbourhood_gradient
 

@@ -34,9 +34,9 @@ from torch_reference.fer_torch import (  # noqa: E402
     preprocess_torch,
 )
 
+from jaxcloak.faces.samples import sample_faces  # noqa: E402
 from jaxcloak.nets import fer_xception as fx  # noqa: E402
 from jaxcloak.objectives.expression import fer_ce  # noqa: E402
-from jaxcloak.samples import sample_faces  # noqa: E402
 
 PROB_ATOL = 1e-5
 RTOL = 1e-4

@@ -60,7 +60,8 @@ from torch_reference.map_step import (  # noqa: E402
 )
 from torch_reference.onnx_torch import sface_torch  # noqa: E402
 
-from jaxcloak.attacks.map import (  # noqa: E402
+from jaxcloak.diffusion import make_schedule  # noqa: E402
+from jaxcloak.methods.map.step import (  # noqa: E402
     MapBatch,
     MapConfig,
     MapInputs,
@@ -68,11 +69,11 @@ from jaxcloak.attacks.map import (  # noqa: E402
     invert_faces,
     make_map_step,
 )
-from jaxcloak.diffusion import make_schedule  # noqa: E402
-from jaxcloak.map_run import fer_expression_loss  # noqa: E402
-from jaxcloak.nets import fer_xception, get_spec, load  # noqa: E402
+from jaxcloak.nets import fer_xception  # noqa: E402
 from jaxcloak.nets.ddpm_unet import convert_ddpm_state_dict  # noqa: E402
 from jaxcloak.objectives.map import FaceFrame, fr_crop  # noqa: E402
+from jaxcloak.pipelines.map_photos import fer_expression_loss  # noqa: E402
+from jaxcloak.zoo import get_spec, load  # noqa: E402
 
 LOSS_RTOL = 1e-4
 LOSS_ATOL = 3e-7
@@ -152,7 +153,7 @@ def setup():
         ]
     ).astype(np.float32)
 
-    def ensemble_embed(params, images):  # as jaxcloak.nets.ensemble.Ensemble.embed
+    def ensemble_embed(params, images):  # as jaxcloak.zoo.ensemble.Ensemble.embed
         return jnp.concatenate(
             [
                 np.sqrt(W_SFACE) * sface.embed(params[0], images),

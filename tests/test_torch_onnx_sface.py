@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from torch_reference.onnx_torch import OnnxTorch, sface_torch  # noqa: E402
 
 from jaxcloak.convert.onnx.graph import convert  # noqa: E402
-from jaxcloak.nets import load  # noqa: E402
-from jaxcloak.samples import sample_faces  # noqa: E402
+from jaxcloak.faces.samples import sample_faces  # noqa: E402
+from jaxcloak.zoo import load  # noqa: E402
 
 COS_EMBED, MAX_DIFF, COS_GRAD = 0.99999, 1e-4, 0.9999
 

@@ -14,9 +14,9 @@ from scipy.fft import dctn
 from scipy.signal import convolve2d
 from test_facecloak_attack import tiny_embed
 
-from jaxcloak.attacks.facecloak import CloakConfig, make_cloak
-from jaxcloak.augment import low_frequency, resize_and_pad
+from jaxcloak.faces.augment import low_frequency, resize_and_pad
 from jaxcloak.faces.chain import identity_taps
+from jaxcloak.methods.facecloak.attack import CloakConfig, make_cloak
 from jaxcloak.objectives.facecloak import perceptual_budget
 from jaxcloak.optim.attack import gaussian_kernel, momentum_sign_step, smooth_gradient
 
@@ -179,25 +179,25 @@ def test_transfer_options_are_fixed_mode_only():
 def test_run_summary_counts_photos_still_recognised(capsys):
     from types import SimpleNamespace as R
 
-    from jaxcloak.cli import EXIT_STILL_RECOGNISED, _report_unprotected
+    from jaxcloak.cli.output import EXIT_STILL_RECOGNISED, report_unprotected
 
     def rec(name, *same):
         return R(status="protected", output=name, faces=[{"same_person_after": s} for s in same])
 
     records = [rec("a.jpg", False), rec("b.jpg", False, True), rec("c.jpg", True)]
     records.append(R(status="failed", output=None, faces=[]))
-    assert _report_unprotected(records, "sface", allow=False) == EXIT_STILL_RECOGNISED
+    assert report_unprotected(records, "sface", allow=False) == EXIT_STILL_RECOGNISED
     err = capsys.readouterr().err
     assert "2 of 3 photo(s) are still recognised by sface" in err
     assert "STILL RECOGNISED b.jpg" in err and "STILL RECOGNISED c.jpg" in err
     assert "a.jpg" not in err
-    assert _report_unprotected(records, "sface", allow=True) == 0
-    assert _report_unprotected(records[:1], "sface", allow=False) == 0
+    assert report_unprotected(records, "sface", allow=True) == 0
+    assert report_unprotected(records[:1], "sface", allow=False) == 0
     assert "no longer recognised" in capsys.readouterr().out
 
 
 def test_multi_photo_views_use_every_given_photo():
-    from jaxcloak.attacks.views import AugmentViews, MultiPhotoViews
+    from jaxcloak.methods.facecloak.views import AugmentViews, MultiPhotoViews
 
     rng = np.random.default_rng(0)
     photos = rng.random((3, 32, 32, 3)).astype(np.float32)  # reference + 2 other photos
@@ -229,8 +229,8 @@ def _coordinates(size: int = 112) -> jax.Array:
 
 
 def test_head_turn_moves_the_nose_more_than_the_eyes_and_zero_is_identity():
-    from jaxcloak.augment import head_turn
     from jaxcloak.faces.align import ARCFACE_TEMPLATE
+    from jaxcloak.faces.augment import head_turn
 
     img = _coordinates()
     np.testing.assert_allclose(head_turn(img, 0.0, 0.0), img, atol=1e-4)
@@ -250,7 +250,7 @@ def test_head_turn_moves_the_nose_more_than_the_eyes_and_zero_is_identity():
 
 
 def test_smooth_warp_moves_no_pixel_further_than_its_amplitude():
-    from jaxcloak.augment import smooth_warp
+    from jaxcloak.faces.augment import smooth_warp
 
     img = _coordinates()
     out = np.asarray(smooth_warp(img, jax.random.key(3), 2.0))
@@ -260,7 +260,7 @@ def test_smooth_warp_moves_no_pixel_further_than_its_amplitude():
 
 
 def test_pose_views_are_valid_views_with_the_face_last():
-    from jaxcloak.attacks.views import make_view_generator
+    from jaxcloak.methods.facecloak.views import make_view_generator
 
     face = jax.random.uniform(jax.random.key(0), (112, 112, 3))
     v = make_view_generator("augment", n_views=3, strength="pose")(face, key=jax.random.key(1))
@@ -269,7 +269,7 @@ def test_pose_views_are_valid_views_with_the_face_last():
 
 
 def test_views_of_photos_use_only_the_real_extra_photos():
-    from jaxcloak.attacks.views import views_of_photos
+    from jaxcloak.methods.facecloak.views import views_of_photos
 
     class Copy:  # a view generator that returns its source unchanged, n_views times
         n_views = 6

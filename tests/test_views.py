@@ -1,4 +1,5 @@
-"""Stage-1 views (jaxcloak.attacks.views) and the differentiable transforms (jaxcloak.augment).
+"""Stage-1 views (jaxcloak.methods.facecloak.views) and the differentiable transforms
+(jaxcloak.faces.augment).
 
 Real-face numbers measured on the aligned astronaut (CPU, jax 0.10.2, Pillow 12):
 - jpeg_like vs Pillow JPEG (4:4:4): mean |diff| 0.82, 0.84, 1.01 grey levels at q 25, 50, 75,
@@ -19,11 +20,11 @@ import pytest
 import scipy.ndimage
 from PIL import Image as PILImage
 
-from jaxcloak import augment as aug
-from jaxcloak.attacks import views as views_mod
-from jaxcloak.attacks.views import AugmentViews, ViewGenerator, make_view_generator
+from jaxcloak.faces import augment as aug
 from jaxcloak.faces.align import ARCFACE_TEMPLATE
-from jaxcloak.samples import astronaut_aligned
+from jaxcloak.faces.samples import astronaut_aligned
+from jaxcloak.methods.facecloak import views as views_mod
+from jaxcloak.methods.facecloak.views import AugmentViews, ViewGenerator, make_view_generator
 
 GREY = 1.0 / 255.0
 
@@ -140,7 +141,7 @@ def test_registry_config_and_errors(face):
 
 
 def test_views_are_the_same_person_to_sface(generated):
-    from jaxcloak.nets.registry import load
+    from jaxcloak.zoo.registry import load
 
     rec = load("sface")
     views = np.concatenate([generated["views0"][:-1], generated["views1"]])

@@ -1,4 +1,4 @@
-"""PyTorch baselines written by us, following the reference programs' structure (issue 8).
+"""PyTorch baselines written by us, following the reference programs' structure.
 
 Each module mirrors one workload of jaxcloak on the same weights and inputs, so the
 side-by-side harness (``benchmarks/run.py``) compares the same computation:

@@ -1,14 +1,14 @@
 """FaceCloak stage 2 in PyTorch: ``afog_cloak_multi`` as coded, and a tuned variant.
 
-The reference (spec facecloak.md section 5, ``cloak_functions.py`` L216-331) runs T passes over
-the V views in list order, one batch-1 step per view: x = s_k + alpha * rho (no clip), the
-triplet loss ``cos(phi(x), e+) - cos(phi(x), e-)`` plus ``0 * dssim(x, s_k)``, the input
+The reference (docs/facecloak.md, "Stage 2: the mask"; ``cloak_functions.py`` L216-331) runs
+T passes over the V views in list order, one batch-1 step per view: x = s_k + alpha * rho (no
+clip), the triplet loss ``cos(phi(x), e+) - cos(phi(x), e-)`` plus ``0 * dssim(x, s_k)``, the input
 gradient G, then ``alpha -= 10 (g_a - mean g_a) / (std g_a + 0.01)`` with ``g_a = rho * G`` and
 ``rho -= 2/255 sign(alpha * G)`` (both at the pre-update point). It leaves the surrogate's
 parameter gradients on (``loss.backward()`` fills and accumulates them), prints both loss
 terms every call (a host sync), and recomputes the sticker and high-pass handlers from
-alpha * rho every step (they never reach the loss, D3). The mask is
-``trunc(255 clip(alpha * rho, +-eps))``.
+alpha * rho every step (they never reach the loss: docs/facecloak.md, "Defect: key regions
+outside the loss"). The mask is ``trunc(255 clip(alpha * rho, +-eps))``.
 
 :func:`afog_cloak_multi` keeps all of that (the prints go to a sink, the syncs stay).
 :func:`afog_cloak_multi_tuned` is the same computation done as well as PyTorch can on a

@@ -1,9 +1,9 @@
-"""MAP's train step in PyTorch, DiffAM style: the baseline of ``jaxcloak.attacks.map``.
+"""MAP's train step in PyTorch, DiffAM style: the baseline of ``jaxcloak.methods.map.step``.
 
-The step that :func:`jaxcloak.attacks.map.make_map_step` jits, written the way DiffAM's
-``clip_finetune`` loop (DiffusionCLIP lineage; spec map.md 2.4) writes it, so a benchmark
-can time the two on the same algorithm, weights and inputs and check that they compute the
-same thing::
+The step that :func:`jaxcloak.methods.map.step.make_map_step` jits, written the way DiffAM's
+``clip_finetune`` loop (DiffusionCLIP lineage; docs/map.md, "The base: DiffAM's pipeline")
+writes it, so a benchmark can time the two on the same algorithm, weights and inputs and
+check that they compute the same thing::
 
     x = x_lat                                       # DDIM latent of the source face
     for t, t_next in config.train_pairs:            # n_train DDIM steps, ending 0 -> -1,
@@ -70,8 +70,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jaxcloak.attacks.map import MapConfig
 from jaxcloak.diffusion.ddim import alphas_cumprod, beta_schedule
+from jaxcloak.methods.map.step import MapConfig
 from jaxcloak.objectives.map import FaceFrame
 
 from .fer_torch import preprocess_torch

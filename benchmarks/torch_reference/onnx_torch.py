@@ -493,7 +493,7 @@ EmbedTorch = Callable[[torch.Tensor], torch.Tensor]
 def make_embed(module: OnnxTorch, spec: Any) -> EmbedTorch:
     """``embed(images)`` for a one-input ONNX recogniser with jaxcloak's preprocessing.
 
-    ``spec`` is a ``jaxcloak.nets.registry.FaceModelSpec``. The returned function maps
+    ``spec`` is a ``jaxcloak.zoo.registry.FaceModelSpec``. The returned function maps
     (N, H, W, 3) RGB [0, 1] float tensors (jaxcloak's layout) to (N, D) unit-norm
     embeddings, exactly as ``FaceModelSpec.to_network_input`` and ``unit_rows`` do: colour
     order, ``x * scale - mean) / std``, NHWC -> NCHW, network, flatten, L2 with a 1e-12 floor.
@@ -548,7 +548,7 @@ def sface_torch(
     from pathlib import Path
 
     from jaxcloak.convert.cache import load_onnx_cached
-    from jaxcloak.nets.registry import get_spec
+    from jaxcloak.zoo.registry import get_spec
 
     spec = get_spec("sface")
     src = Path(path) if path is not None else spec.locate()

@@ -16,8 +16,8 @@ import diffusers
 import numpy as np
 import torch
 
-from jaxcloak.attacks import arc2face
 from jaxcloak.diffusion.dpm_solver import SD15_SCHEDULE
+from jaxcloak.methods.facecloak import arc2face
 from jaxcloak.nets import clip_text, sd_unet, sd_vae
 
 #: diffusers ``DPMSolverMultistepScheduler`` kwargs of the Arc2Face pipeline (SD-1.5's

@@ -1,4 +1,4 @@
-"""MAP presets (spec map.md sections 4.2-4.4 and 5). Read by the CLI, tests and benchmarks only.
+"""MAP presets (docs/map.md, "Reconstruction choices"). Read by the CLI, tests and benchmarks only.
 
 :data:`PAPER` is the reconstructed paper-scale run (DiffAM's pipeline with MAP's
 ingredients: t0 60, 20 inversion / 6 generation steps, Adam 8e-6 x1.3 per epoch, layer-wise
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..attacks.map import MapConfig
+from ..methods.map.step import MapConfig
 
 __all__ = ["DEMO", "PAPER", "PRESETS", "get_config"]
 

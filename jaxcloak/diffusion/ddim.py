@@ -1,6 +1,7 @@
 """DDIM (eta = 0) utilities for MAP: schedule, timestep sequences, step, invert, generate.
 
-Conventions follow DiffAM / DiffusionCLIP `denoising_step` (spec map.md section 2.2):
+Conventions follow DiffAM / DiffusionCLIP `denoising_step` (docs/map.md, "The base: DiffAM's
+pipeline"):
 
 - betas are computed in float64 on the host, ``alpha_bar_t = prod_{s <= t} (1 - beta_s)``,
   and ``alpha_bar_{-1} := 1`` so the last generation step ``0 -> -1`` returns ``x0_hat``;
@@ -14,9 +15,9 @@ Sequences and pairs are plain tuples of ints (hashable), so a jitted caller can 
 static arguments; :func:`pairs_to_arrays` turns them into the int32 ``xs`` of the
 ``lax.scan`` that :func:`invert` and :func:`generate` run.
 
-One deliberate difference from DiffAM: DiffAM casts betas to a float32 torch tensor before
-the cumprod; here the cumprod runs in float64 and only the result is cast to float32. The two
-differ by at most 4.8e-7 absolute over T = 1000.
+One deliberate difference from DiffAM (docs/map.md, "Deviation: schedule precision"): DiffAM
+casts betas to a float32 torch tensor before the cumprod; here the cumprod runs in float64 and
+only the result is cast to float32. The two differ by at most 4.8e-7 absolute over T = 1000.
 """
 
 from __future__ import annotations
@@ -245,7 +246,7 @@ def generate(
       x_lat: ``(B, H, W, C)`` latent, e.g. from :func:`invert`.
       pairs: ``(t, t_next)`` pairs with t > t_next, a static tuple or an ``(n, 2)`` array.
       remat: wrap the scanned step in ``jax.checkpoint`` so differentiating w.r.t. ``params``
-        stores only the n step inputs (spec map.md section 4.5); same values and gradients.
+        stores only the n step inputs; same values and gradients.
       policy: the ``jax.checkpoint`` policy used when ``remat`` (e.g.
         ``jax.checkpoint_policies.dots_with_no_batch_dims_saveable``).
       unroll: ``lax.scan``'s unroll. XLA:CPU derives slow backward convolutions inside

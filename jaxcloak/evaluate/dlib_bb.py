@@ -3,8 +3,7 @@
 dlib's ResNet descriptor (128-d, from a 150x150 chip aligned with dlib's own 5-point shape
 predictor; same person if the L2 distance is below 0.6) shares no architecture, training data
 or toolkit with the SFace surrogate that jaxcloak attacks, and it has no gradients here: a
-protection that fools it transferred, it was not optimised against it (shared/specs/assets.md
-section 2.3).
+protection that fools it transferred, it was not optimised against it.
 
 Everything runs through dlib's own pipeline, so the numbers are what a user of dlib or of the
 ``face_recognition`` package would get: the HOG frontal face detector (upsampled once), the

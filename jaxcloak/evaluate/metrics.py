@@ -1,17 +1,19 @@
-"""Protection-success and image-quality metrics (spec facecloak.md section 8, peers.md section 6).
+"""Protection-success and image-quality metrics (FaceCloak's: docs/facecloak.md, "Evaluation").
 
 Three families, all pure functions of arrays:
 
-- **Verification** (peers.md convention A: AMT-GAN, CLIP2Protect, DiffAM, MAP):
-  :func:`verification_psr`, :func:`verification_psr_at_far`, the :data:`THRESHOLDS` table and
-  :func:`calibrate_threshold` / :func:`calibration_report` to recalibrate a threshold on one's own
-  genuine/impostor pairs (AMT-GAN #24 asks how; nobody published the calibration data).
-- **Identification** (convention B: OPOM, AdvCloak, FaceCloak): :func:`identification_psr`,
-  FaceCloak's top-n counting rule, vectorised in ``jax.numpy``.
+- **Verification** (a threshold on each pair's similarity, as AMT-GAN, CLIP2Protect, DiffAM
+  and MAP report it): :func:`verification_psr`, :func:`verification_psr_at_far`, the
+  :data:`THRESHOLDS` table and :func:`calibrate_threshold` / :func:`calibration_report` to
+  recalibrate a threshold on one's own genuine/impostor pairs (AMT-GAN #24 asks how; nobody
+  published the calibration data).
+- **Identification** (ranking against a gallery, as OPOM, AdvCloak and FaceCloak report it):
+  :func:`identification_psr`, FaceCloak's top-n counting rule, vectorised in ``jax.numpy``.
 - **Image quality**: :func:`psnr`, :func:`mse`, :func:`ssim` (Wang et al. 2004, equal to
   skimage's ``gaussian_weights=True, sigma=1.5, use_sample_covariance=False``), :func:`linf`,
   :func:`l2`, each with an optional region mask; and :func:`ssim_int8_compat`, the reference's
-  SSIM on int8-wrapped arrays (defect D10), kept only so faithful runs can be compared.
+  SSIM on int8-wrapped arrays (docs/facecloak.md, "Defect: SSIM on int8 arrays"), kept only so
+  faithful runs can be compared.
 
 Decision rules at a threshold are explicit (:data:`SameIf`): a model's published rule decides
 whether a score exactly at the threshold is "same" or "different" (SFace ``cosine >= 0.363``;
@@ -183,7 +185,7 @@ def verification_psr(
     mode: Mode = "dodging",
     same_if: SameIf | None = None,
 ) -> float:
-    """Protection success rate of 1:1 verification (peers.md convention A).
+    """Protection success rate of 1:1 verification (a threshold on each pair's score).
 
     Dodging (obfuscation): ``scores`` compare each protected face with a clean photo of the same
     person; success when the verifier says "different". Impersonation: ``scores`` compare each
@@ -375,7 +377,7 @@ def identification_psr(
     ranks: Sequence[int] = (1, 5),
     exclude: np.ndarray | jax.Array | None = None,
 ) -> dict[int | str, float | int]:
-    """Closed-set identification PSR (spec facecloak.md section 8, peers.md convention B).
+    """Closed-set identification PSR, FaceCloak's top-n counting (docs/facecloak.md, "Evaluation").
 
     For probe p with genuine gallery items g(p) (same identity, not excluded) and impostors
     (other identities, not excluded)::
@@ -476,7 +478,8 @@ def _pair_f64(a: np.ndarray | jax.Array, b: np.ndarray | jax.Array) -> tuple[np.
     if a_np.shape != b_np.shape:
         raise ValueError(f"images differ in shape: {a_np.shape} vs {b_np.shape}")
     if np.int8 in (a_np.dtype, b_np.dtype):
-        # int8 cannot hold grey levels 128..255 (defect D10); use ssim_int8_compat on purpose.
+        # int8 cannot hold grey levels 128..255 (the reference's SSIM defect); use
+        # ssim_int8_compat on purpose.
         raise TypeError("int8 images are not grey levels; pass uint8 or float (0..255)")
     # float64 throughout: uint8 differences would wrap and float32 loses SSIM's small terms.
     return a_np.astype(np.float64), b_np.astype(np.float64)
@@ -576,8 +579,9 @@ def ssim(
     channel_axis=channel_axis, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``:
     local statistics by ``scipy.ndimage.gaussian_filter`` (mode ``"reflect"``, truncate 3.5) on
     each channel, K1 = 0.01, K2 = 0.03, the SSIM map averaged over the image minus a 5-pixel
-    border (the filter radius), then over channels. This is the corrected SSIM of defect D10;
-    :func:`ssim_int8_compat` is the reference's.
+    border (the filter radius), then over channels. This is the corrected SSIM;
+    :func:`ssim_int8_compat` is the reference's (docs/facecloak.md, "Defect: SSIM on int8
+    arrays").
 
     Region variant: with ``mask`` the SSIM map (averaged over channels) is averaged over the
     masked pixels that lie outside the 5-pixel border, so ``mask`` of all True gives the
@@ -629,7 +633,9 @@ def ssim(
 
 
 def ssim_int8_compat(a: np.ndarray | jax.Array, b: np.ndarray | jax.Array) -> float:
-    """FAITHFUL-ONLY: the reference's SSIM on int8-cast images (defect D10). Not a quality metric.
+    """FAITHFUL-ONLY: the reference's SSIM on int8-cast images. Not a quality metric.
+
+    Why it is wrong: docs/facecloak.md, "Defect: SSIM on int8 arrays".
 
     Reproduces ``skimage.metrics.structural_similarity(a.astype(np.int8), b.astype(np.int8),
     data_range=255, channel_axis=2)`` (FaceCloak ``cloaker.py`` L756): skimage's defaults, i.e.

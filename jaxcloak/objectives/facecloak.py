@@ -1,4 +1,4 @@
-"""FaceCloak's objective and its key-region operator (spec facecloak.md sections 4 and 6)."""
+"""FaceCloak's objective and its key-region operator (docs/facecloak.md, "Stage 2: the mask")."""
 
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ def sticker_boxes(size: int = 112, landmarks: np.ndarray | None = None) -> np.nd
     Box sizes (height x width) at 112 px: eyes 10 x 22, nose 28 x 22, mouth 28 x W with W the
     mouth-corner distance rounded up to even, centred on the landmarks with integer slicing as
     ``StickerHandler`` does. Landmarks default to the ArcFace template, i.e. the landmarks of
-    any aligned crop (so the boxes sit where the mask is applied, fixing D15). Boxes are clipped
-    to the crop rather than silently dropped (D26).
+    any aligned crop, so the boxes sit where the mask is applied (docs/facecloak.md, "Defect:
+    mask placement and stale landmarks"). Boxes are clipped to the crop rather than silently
+    dropped ("Defect: stickers dropped at the crop edge").
 
     Returns:
       (4, size, size) float32 binary masks.
@@ -84,8 +85,9 @@ def budget_map(
 ) -> np.ndarray:
     """Per-pixel L-inf budget: ``eps`` everywhere, larger inside the key regions when given.
 
-    This is the region operator A of the paper's figure put inside the loss (D3 fixed): the
-    perturbation may spend ``box_eps`` in the eye/nose/mouth boxes and ``highpass_eps`` on the
+    This is the region operator A of the paper's figure put inside the loss, the fixed mode's
+    correction (docs/facecloak.md, "Defect: key regions outside the loss"): the perturbation
+    may spend ``box_eps`` in the eye/nose/mouth boxes and ``highpass_eps`` on the
     high-frequency pixels, as the reference's stickers and high-pass handler do after the fact.
 
     Returns:
@@ -101,11 +103,11 @@ def budget_map(
 
 
 def faithful_region_mask(p: jax.Array, boxes: jax.Array, highpass: jax.Array | None) -> jax.Array:
-    """Grey-level extra mask the reference adds after the loop (stickers, high-pass; D7 as coded).
+    """Grey-level extra mask the reference adds after the loop (stickers, high-pass), as coded.
 
     Stickers: ``clamp(sum_b M_b * clamp(P, +-c), +-c)`` scaled by 255 and floored by the int16
     cast of ``region + x``; high-pass: ``h = clamp(P * F, +-c)`` added **unscaled**, so its only
-    effect is -1 grey level where h < 0.
+    effect is -1 grey level where h < 0 (docs/facecloak.md, "Defect: unscaled high-pass mask").
 
     Args:
       p: (S, S, 3) final alpha * rho in reference units.
@@ -144,7 +146,7 @@ def perceptual_budget(
     Returns:
       (S, S, 3) budget, each entry in ``[lo * eps, hi * eps]``.
     """
-    from ..augment import gaussian_blur
+    from ..faces.augment import gaussian_blur
 
     y = jnp.sum(face * jnp.array([0.299, 0.587, 0.114], face.dtype), axis=-1, keepdims=True)
     mean = gaussian_blur(y, sigma)

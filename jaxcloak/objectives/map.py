@@ -1,4 +1,4 @@
-"""MAP's losses on the regenerated face (spec map.md section 4.2), as pure functions.
+"""MAP's losses on the regenerated face (docs/map.md, "Losses"), as pure functions.
 
 Images here are the score network's: NHWC float32 in [-1, 1], a face aligned to the ArcFace
 template with a margin (:class:`FaceFrame`), at the network's resolution (256 for the
@@ -68,8 +68,9 @@ class FaceFrame:
 def fr_crop(images: jax.Array, frame: FaceFrame, side: int = 112) -> jax.Array:
     """The ArcFace-aligned ``side`` x ``side`` face inside score-network crops, differentiably.
 
-    Bilinear with half-pixel centres and no antialias, as DiffAM resizes FR inputs (spec 4.1);
-    ``images`` (B, S, S, C) in any range, returned in the same range.
+    Bilinear with half-pixel centres and no antialias, as DiffAM resizes FR inputs (docs/map.md,
+    "Choice: resize without antialias"); ``images`` (B, S, S, C) in any range, returned in the
+    same range.
     """
     scale = side / frame.inner
     return jax.image.scale_and_translate(
@@ -88,7 +89,7 @@ def identity_loss(
 ) -> tuple[jax.Array, jax.Array]:
     """L_A = mean over the batch of ``1 - cos(f(x), target)``.
 
-    With an ensemble recogniser (:mod:`jaxcloak.nets.ensemble`) the cosine is the weighted mean
+    With an ensemble recogniser (:mod:`jaxcloak.zoo.ensemble`) the cosine is the weighted mean
     of the members' cosines, i.e. DiffAM's ``cal_adv_loss`` averaged over its surrogates.
 
     Args:

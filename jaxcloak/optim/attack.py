@@ -1,4 +1,4 @@
-"""FaceCloak's update rules as optax transformations (spec facecloak.md section 5).
+"""FaceCloak's update rules as optax transformations (docs/facecloak.md, "Stage 2: the mask").
 
 optax descends (``params + updates``), so each transformation returns minus its step and the
 attack objective is written to be minimised.
@@ -21,8 +21,9 @@ def afog_attention(
 
     Mean and std run over every entry of the leaf (the reference: all 37,632 of a
     112x112x3 map), the std unbiased (``ddof=1``) as ``torch.std``. The reference's
-    ``guard=0.01`` dominates the std of typical face-network gradients (defect D5), so its
-    step is really ``~lr/0.01 * (g - mean g)``; the fixed mode uses ``guard=1e-12``.
+    ``guard=0.01`` dominates the std of typical face-network gradients (docs/facecloak.md,
+    "Defect: attention std guard"), so its step is really ``~lr/0.01 * (g - mean g)``; the
+    fixed mode uses ``guard=1e-12``.
 
     Args:
       learning_rate: lambda_alpha (10 in the reference).

@@ -1,10 +1,10 @@
 """MAP's gradient projection between the identity (g_A) and expression (g_E) gradients.
 
-Spec map.md sections 3 and 4.3: symmetric, block-wise GradVac (Wang et al., ICLR 2021) with
-an EMA target phi_hat per block, and PCGrad (Yu et al., NeurIPS 2020) as its phi_hat = 0
-special case. The math lives in one pure function, :func:`project_pair`; :func:`gradvac` and
-:func:`pcgrad` wrap it as extra-args optax transformations taking the task gradients stacked
-on a leading axis, and :func:`as_aggregator` rewraps either as an
+Design notes: docs/map.md, "Gradient projection". Symmetric, block-wise GradVac (Wang et
+al., ICLR 2021) with an EMA target phi_hat per block, and PCGrad (Yu et al., NeurIPS 2020) as
+its phi_hat = 0 special case. The math lives in one pure function, :func:`project_pair`;
+:func:`gradvac` and :func:`pcgrad` wrap it as extra-args optax transformations taking the task
+gradients stacked on a leading axis, and :func:`as_aggregator` rewraps either as an
 ``optax.experimental.aggregating.Aggregator`` (present in optax 0.2.8; the import is guarded
 so a future move of that experimental module only disables :func:`as_aggregator`).
 :func:`ema_grads` is the other reading of the paper's EMA: it averages the stacked task
@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-try:  # experimental in optax 0.2.x; may move (style.md section 6).
+try:  # experimental in optax 0.2.x and may move, so only as_aggregator depends on it.
     from optax.experimental import aggregating as _aggregating
 except ImportError:  # pragma: no cover
     _aggregating = None
@@ -299,7 +299,9 @@ def gradvac(
     module_depth: int = 1,
     eps: float = 1e-12,
 ) -> optax.GradientTransformationExtraArgs:
-    """Symmetric GradVac as an optax transformation (spec map.md 4.3, the MAP default).
+    """Symmetric GradVac as an optax transformation, MAP's default projection.
+
+    Why this rule: docs/map.md, "Choice: projection rule".
 
     ``update(updates, state, params=None)`` takes ``updates`` with every leaf stacked on a
     leading task axis: ``[g_A, g_E, *rest]``, one entry per weight. It returns
@@ -359,7 +361,6 @@ def as_aggregator(tx: optax.GradientTransformationExtraArgs) -> Any:
     return _aggregating.Aggregator(tx.init, tx.update)
 
 
-_init_stats = init_stats  # older private name, still imported by attacks/map.py
 
 
 class EmaGradsState(NamedTuple):
@@ -372,11 +373,14 @@ class EmaGradsState(NamedTuple):
 def ema_grads(
     decay: float = 0.9, num_tasks: int = 2, *, debias: bool = False
 ) -> optax.GradientTransformation:
-    """m_k <- decay m_k + (1 - decay) g_k for each stacked task gradient (spec 4.3 ``ema_grads``).
+    """m_k <- decay m_k + (1 - decay) g_k for each stacked task gradient.
+
+    The second reading of MAP's EMA (docs/map.md, "Choice: reading of the EMA").
 
     Chain it before the projection, ``optax.chain(ema_grads(0.9), gradvac(...), optax.adam(lr))``,
     so the conflict test and the projection see the EMAs. Costs ``num_tasks`` extra copies of
-    the params. ``debias`` divides by ``1 - decay**count`` as Adam does (off: spec is silent).
+    the params. ``debias`` divides by ``1 - decay**count`` as Adam does (off: no source says
+    whether MAP debiases).
     """
 
     def init_fn(params):

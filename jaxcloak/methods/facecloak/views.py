@@ -1,13 +1,13 @@
 """FaceCloak stage 1: turn one aligned face into a small set of varied views of the same person.
 
-The reference (``facecloak.md`` section 2) draws 8 Arc2Face samples from the face's identity
-embedding and appends the real image last; stage 2 then optimises one mask against all 9. This
-module fixes that contract as :class:`ViewGenerator` and provides a fast, deterministic,
-JAX-native backend, :class:`AugmentViews`, built from :mod:`jaxcloak.augment`, and the
-published generative one, :class:`jaxcloak.attacks.arc2face.Arc2FaceViews`. A generator whose
-weights are large exposes them as ``params`` (a pytree, or None): stage 2 then passes them as
-an argument of its compiled program (``gen(face, key=key, params=params)``) rather than baking
-them in as constants.
+The reference (docs/facecloak.md, "Stage 1: views of the person") draws 8 Arc2Face samples
+from the face's identity embedding and appends the real image last; stage 2 then optimises one
+mask against all 9. This module fixes that contract as :class:`ViewGenerator` and provides a
+fast, deterministic, JAX-native backend, :class:`AugmentViews`, built from
+:mod:`jaxcloak.faces.augment`, and the published generative one,
+:class:`.arc2face.Arc2FaceViews`. A generator whose weights are large exposes them as
+``params`` (a pytree, or None): stage 2 then passes them as an argument of its compiled
+program (``gen(face, key=key, params=params)``) rather than baking them in as constants.
 
 >>> import jax, jax.numpy as jnp
 >>> gen = make_view_generator("augment", n_views=8)
@@ -25,8 +25,8 @@ from typing import Any, Protocol, runtime_checkable
 import jax
 import jax.numpy as jnp
 
-from .. import augment as aug
-from ..typing import Image, PRNGKey
+from ...faces import augment as aug
+from ...typing import Image, PRNGKey
 
 
 @runtime_checkable
@@ -58,7 +58,7 @@ class AugmentRanges:
     """Ranges of the random transforms in :class:`AugmentViews`; each draw is uniform.
 
     Attributes:
-      rotate_deg, scale, shift, perspective: pose, as :func:`jaxcloak.augment.random_pose`.
+      rotate_deg, scale, shift, perspective: pose, as :func:`jaxcloak.faces.augment.random_pose`.
       brightness: added offset in [-b, b].
       contrast, saturation: factors in [1 - c, 1 + c].
       gamma: exponent exp(u), u in [-g, g].
@@ -70,7 +70,7 @@ class AugmentRanges:
       occlude_frac: largest side fraction of the occluding patch.
       resize_scale, p_resize: a down-and-up resize at this scale with this probability.
       yaw_deg, pitch_deg: a turn of the head in [-max, max] degrees, through a mean face's
-        depth and re-aligned (:func:`jaxcloak.augment.head_turn`); 0 skips it.
+        depth and re-aligned (:func:`jaxcloak.faces.augment.head_turn`); 0 skips it.
       warp_px: largest displacement of a smooth expression-like local warp; 0 skips it.
     """
 
@@ -163,7 +163,7 @@ class AugmentViews:
     """Varied views by random composition of differentiable image transforms.
 
     Each view draws, from its own key: an occluding patch (probability ``p_occlude``), a
-    mirror (``p_flip``, via :func:`jaxcloak.augment.hflip_aligned`'s matrix) composed with a
+    mirror (``p_flip``, via :func:`jaxcloak.faces.augment.hflip_aligned`'s matrix) composed with a
     random pose into a single resampling, colour and illumination (gamma, brightness,
     contrast, saturation, channel gain, directional light), blur or sharpen, an optional
     down-and-up resize, then JPEG at a random quality. Options are blended with ``jnp.where``
@@ -345,7 +345,7 @@ def make_view_generator(name: str, **kwargs: Any) -> ViewGenerator:
 
     Args:
       name: "augment" (:class:`AugmentViews`) or "arc2face"
-        (:class:`jaxcloak.attacks.arc2face.Arc2FaceViews`, needs its networks' weights).
+        (:class:`jaxcloak.methods.facecloak.arc2face.Arc2FaceViews`, needs its networks' weights).
       **kwargs: passed to the generator's constructor.
 
     Returns:

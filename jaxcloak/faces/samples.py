@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .faces import align_face, detect_faces
-from .faces._cv2 import quiet_cv2
+from . import align_face, detect_faces
+from ._cv2 import quiet_cv2
 
 
 def astronaut_aligned() -> np.ndarray:
@@ -58,7 +58,7 @@ def _source_photos(
 
     import skimage.data
 
-    from .io.images import read_image
+    from ..io.images import read_image
 
     rgbs = [skimage.data.astronaut()] if "astronaut" in sources else []
     spec = importlib.util.find_spec("insightface")

@@ -1,7 +1,7 @@
 """Face-recognition ensembles, usable wherever one recogniser is (FaceCloak, MAP, evaluation).
 
 An ensemble of M recognisers with weights w (summing to 1) is presented as *one*
-:class:`~jaxcloak.nets.registry.FaceRecognizer` whose embedding is the concatenation
+:class:`~jaxcloak.zoo.registry.FaceRecognizer` whose embedding is the concatenation
 ``[sqrt(w_1) e_1, ..., sqrt(w_M) e_M]`` of the members' unit embeddings. That vector has unit
 norm and, for two images a and b, ``<E(a), E(b)> = sum_m w_m cos_m(a, b)``: the cosine of the
 ensemble *is* the weighted mean of the members' cosines, the loss the papers optimise
@@ -37,8 +37,8 @@ __all__ = [
     "parse_models",
 ]
 
-# DiffAM ``--target_model`` -> (black box, surrogates in its order); the code, not the README,
-# is authoritative (../shared/specs/map.md 2.5).
+# DiffAM ``--target_model`` -> (black box, surrogates in its order), as its ``get_model_list``
+# code defines them; its README lists another order, but the code is what ran.
 DIFFAM_SPLITS: dict[int, tuple[str, tuple[str, str, str]]] = {
     0: ("ir152", ("facenet", "mobile_face", "irse50")),
     1: ("irse50", ("facenet", "mobile_face", "ir152")),

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .batch import protect_files
-from .evaluate import metrics
-from .io import read_image, write_image
-from .io.atomic import atomic_write_text
-from .protect import Cloaker
+from ..evaluate import metrics
+from ..io import read_image, write_image
+from ..io.atomic import atomic_write_text
+from ..methods.facecloak.cloaker import Cloaker
+from .bulk import protect_files
 
 
 def run_demo(outdir: Path, cloaker: Cloaker, *, evaluate: bool = True) -> int:
@@ -94,7 +94,7 @@ def run_demo(outdir: Path, cloaker: Cloaker, *, evaluate: bool = True) -> int:
     print(f"wrote {outdir / 'report.md'}")
     ok = all(not f["same_person_after"] for f in faces)
     if evaluate:
-        from .cli import run_eval
+        from .evaluation import run_eval
 
         print("\nevaluating (surrogate, dlib black box, quality, robustness) ...", flush=True)
         run_eval(src_dir, outdir / "protected", outdir / "eval")

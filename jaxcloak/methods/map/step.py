@@ -1,4 +1,4 @@
-"""MAP's dual-objective fine-tuning of a score network (spec map.md section 4.4), one jitted step.
+"""MAP's dual-objective fine-tuning of a score network (docs/map.md), one jitted step.
 
 One step, for a batch of source faces x0 and their DDIM latents x_lat (inverted once with the
 frozen weights):
@@ -30,9 +30,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ..diffusion import Schedule, generate, generation_pairs, inversion_pairs, invert, make_seq
-from ..objectives.map import SMOOTHNESS, FaceFrame, dsm_loss, identity_loss, l1_fidelity
-from ..optim.projection import (
+from ...diffusion import Schedule, generate, generation_pairs, inversion_pairs, invert, make_seq
+from ...objectives.map import SMOOTHNESS, FaceFrame, dsm_loss, identity_loss, l1_fidelity
+from ...optim.projection import (
     ProjectionStats,
     gradvac,
     init_stats,
@@ -40,8 +40,8 @@ from ..optim.projection import (
     pcgrad,
     project_pair,
 )
-from ..parallel import device_memory_bytes
-from ..typing import EmbedFn, Params
+from ...parallel import device_memory_bytes
+from ...typing import EmbedFn, Params
 
 __all__ = [
     "ExpressionLoss",

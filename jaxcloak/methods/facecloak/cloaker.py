@@ -19,14 +19,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from . import __version__
-from .anchors import AnchorPool, anchor_embeddings, embed_faces
-from .attacks.facecloak import CloakConfig, highpass_for, make_cloak
-from .attacks.views import ViewGenerator, views_of_photos
-from .faces.chain import identity_taps, paste_realign_taps
-from .faces.photo import Photo
-from .nets.registry import FaceRecognizer
-from .parallel import (
+from ... import __version__
+from ...faces.chain import identity_taps, paste_realign_taps
+from ...faces.photo import Photo
+from ...parallel import (
     bucket_for,
     data_parallel,
     make_mesh,
@@ -35,7 +31,11 @@ from .parallel import (
     replicate,
     shard_rows,
 )
-from .precision import Policy, resolve, scope, wrap_network
+from ...precision import Policy, resolve, scope, wrap_network
+from ...zoo.registry import FaceRecognizer
+from .anchors import AnchorPool, anchor_embeddings, embed_faces
+from .attack import CloakConfig, highpass_for, make_cloak
+from .views import ViewGenerator, views_of_photos
 
 
 def identity_key(seed: int, reference_id: str) -> jax.Array:
@@ -90,7 +90,7 @@ class Cloaker:
         its own dtype (build an Arc2Face generator in the policy's dtype to match).
       max_extra: other photos of the person each identity may bring (:meth:`fit`'s
         ``extras``); they are an argument of the compiled program, padded to this many, and
-        every photo feeds the views (:func:`jaxcloak.attacks.views.views_of_photos`). 0: the
+        every photo feeds the views (:func:`.views.views_of_photos`). 0: the
         reference face alone.
     """
 

@@ -37,7 +37,20 @@ from typing import Any
 import jax
 import numpy as np
 
-from .batch import (
+from ..faces.chain import paste_realign_taps
+from ..faces.photo import (
+    FacePolicy,
+    NoFaceError,
+    NoFacePolicy,
+    Photo,
+    RotationPolicy,
+    prepare_photo,
+)
+from ..io.atomic import atomic_write_json, temp_prefix
+from ..io.images import ImageReadError, read_image, write_image
+from ..methods.facecloak.cloaker import Cloaker, apply_mask
+from ..methods.facecloak.masks import save_mask
+from .bulk import (
     MANIFEST,
     PhotoRecord,
     Summary,
@@ -49,19 +62,6 @@ from .batch import (
     plan_outputs,
     same_run,
 )
-from .faces.chain import paste_realign_taps
-from .faces.photo import (
-    FacePolicy,
-    NoFaceError,
-    NoFacePolicy,
-    Photo,
-    RotationPolicy,
-    prepare_photo,
-)
-from .io.atomic import atomic_write_json, temp_prefix
-from .io.images import ImageReadError, read_image, write_image
-from .masks import save_mask
-from .protect import Cloaker, apply_mask
 
 #: Progress callback: ``progress(done, total, postfix)`` after every finished photo.
 Progress = Callable[[int, int, dict[str, Any]], None]
@@ -199,7 +199,7 @@ def protect_stream(
       progress: called after every finished photo.
 
     Returns:
-      A :class:`~jaxcloak.batch.Summary` in input order; ``seconds`` holds ``total``,
+      A :class:`~jaxcloak.pipelines.bulk.Summary` in input order; ``seconds`` holds ``total``,
       ``device_busy`` (seconds a device step was running), ``compile`` and ``fit``.
     """
     t_start = time.perf_counter()

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .io.atomic import atomic_write
+from ...io.atomic import atomic_write
 
 MASK_FORMAT = "jaxcloak-mask"
 MASK_VERSION = 1
@@ -118,7 +118,7 @@ def load_mask(path: str | os.PathLike) -> PersonalMask:
 
 def _stated_bound(p: Path, meta: dict[str, Any]) -> float:
     """The largest |delta| (grey levels) the mask's own recorded settings allow."""
-    from .attacks.facecloak import CloakConfig
+    from .attack import CloakConfig
 
     eps = meta.get("eps")
     if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 < eps <= 1:

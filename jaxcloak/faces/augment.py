@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .faces.align import ARCFACE_TEMPLATE, estimate_similarity
-from .typing import Image, PRNGKey
+from ..typing import Image, PRNGKey
+from .align import ARCFACE_TEMPLATE, estimate_similarity
 
 __all__ = [
     "JPEG_CHROMA_TABLE",

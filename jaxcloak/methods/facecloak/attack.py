@@ -1,6 +1,6 @@
 """FaceCloak stage 2: learn one identity's universal mask as a single ``lax.scan``.
 
-Two modes (spec facecloak.md sections 5 and 12):
+Two modes (docs/facecloak.md, "Two modes" and "Stage 2: the mask"):
 
 - ``faithful``: ``afog_cloak_multi`` as shipped: T passes over the V views in list order, one
   batch-1 step per view, attention step with the 0.01 std guard, sign step on rho, no
@@ -32,12 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..augment import low_frequency, resize_and_pad
-from ..faces.chain import apply_taps
-from ..faces.paste import crop_mask
-from ..objectives import facecloak as obj
-from ..objectives import surrogate as sur
-from ..optim.attack import (
+from ...faces.augment import low_frequency, resize_and_pad
+from ...faces.chain import apply_taps
+from ...faces.paste import crop_mask
+from ...objectives import facecloak as obj
+from ...objectives import surrogate as sur
+from ...optim.attack import (
     afog_attention,
     l1_normalized,
     momentum_sign_step,
@@ -46,7 +46,7 @@ from ..optim.attack import (
     sign_step,
     smooth_gradient,
 )
-from ..typing import EmbedFn, Params, PRNGKey
+from ...typing import EmbedFn, Params, PRNGKey
 
 Mode = Literal["faithful", "fixed"]
 
@@ -62,19 +62,24 @@ class CloakConfig:
       passes: faithful only: T passes over the views (T * V sequential steps).
       steps: fixed only: number of steps, each over all views at once.
       lambda_alpha: attention learning rate (10 in the reference).
-      std_guard: added to the gradient std in the attention step (0.01 in the reference, D5).
+      std_guard: added to the gradient std in the attention step (0.01 in the reference,
+        docs/facecloak.md "Defect: attention std guard").
       alpha_max: upper bound of the attention map (None: unbounded, as the reference).
-      mask_scale: grey levels per reference unit of the stored mask: 255 (reference, D6: the
-        applied mask is twice the optimised one) or 127.5 (consistent).
-      project_in_loop: clip rho to the budget and the input to [-1, 1] every step (D4).
+      mask_scale: grey levels per reference unit of the stored mask: 255 (reference: the
+        applied mask is twice the optimised one, docs/facecloak.md "Defect: mask scale") or
+        127.5 (consistent).
+      project_in_loop: clip rho to the budget and the input to [-1, 1] every step (the
+        reference never does: docs/facecloak.md "Defect: no projection in the loop").
       stickers, highpass: use the reference's key regions (eye/nose/mouth boxes; high-pass
         mask of the real face). Faithful: added after the loop as the reference does;
-        fixed: inside the loss as larger per-pixel budgets (D3).
+        fixed: inside the loss as larger per-pixel budgets (docs/facecloak.md "Defect: key
+        regions outside the loss").
       region_eps: budget inside the key regions, applied pixel units (32/255 in the reference).
       eot: expectation over transformations applied to the views in every fixed step, from
         ``("resize", "blur", "jpeg")``.
       dodge_weight: weight of ``cos(phi(x), phi(view))``, pushing each view away from its own
-        clean embedding (the dodging loss D24 asks for; 0 in the faithful mode). The triplet
+        clean embedding (a real dodging loss, docs/facecloak.md "Defect: untargeted loss
+        pushes the wrong way"; 0 in the faithful mode). The triplet
         loss alone moves the face toward the distant anchor but can leave it close to itself.
       real_weight: fixed mode: share of the loss on the real face (the views split the rest);
         None weighs all views equally (the paper's mean over n).
@@ -289,7 +294,7 @@ def _to_unit(x_ref: jax.Array) -> jax.Array:
 
 def _eot(x01: jax.Array, key: PRNGKey, kinds: tuple[str, ...]) -> jax.Array:
     """Random differentiable corruptions of (V, S, S, 3) faces; each kind applied with p=0.5."""
-    from .. import augment  # only fixed mode with eot needs it
+    from ...faces import augment  # only fixed mode with eot needs it
 
     keys = jax.random.split(key, len(kinds) * 2)
     for i, kind in enumerate(kinds):
@@ -323,7 +328,7 @@ def _similarity(size: int, scale, theta, shift) -> jax.Array:
 
 def _realign_jitter(img: jax.Array, key: PRNGKey, max_shift: float) -> jax.Array:
     """``img`` re-sampled as a slightly different alignment of the same photo would give."""
-    from ..augment import affine_warp
+    from ...faces.augment import affine_warp
 
     k_s, k_r, k_t = jax.random.split(key, 3)
     scale = jnp.exp(jax.random.uniform(k_s, minval=-0.02, maxval=0.02))
@@ -338,7 +343,7 @@ def _resample_jitter(delta: jax.Array, key: PRNGKey) -> jax.Array:
     Emulates paste-back (crop -> photo, scale about 0.5-2x) then re-alignment (photo -> crop):
     two bilinear resamplings at arbitrary sub-pixel phase. Near-identity, so |result| <= |delta|.
     """
-    from ..augment import affine_warp
+    from ...faces.augment import affine_warp
 
     k_s, k_r, k_t1, k_t2 = jax.random.split(key, 4)
     size = delta.shape[0]
@@ -362,7 +367,8 @@ def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable
         face's photo: in the fixed mode the real view sees the delta exactly as it will be
         after paste-back and re-alignment (``identity_taps`` when there is no photo),
       key: PRNG key for the initial rho (and fixed-mode EOT),
-    and returns a :class:`CloakResult`. Loss (spec section 4): cos(phi(x), e+) - cos(phi(x), e-).
+    and returns a :class:`CloakResult`. Loss: cos(phi(x), e+) - cos(phi(x), e-) (the shipped
+    triplet loss with cosine distance).
     """
     cfg = config
     eps_ref = cfg.eps * cfg.to_ref
@@ -514,7 +520,7 @@ def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable
         if cfg.mode == "faithful":
 
             def body(state, k):
-                x = views_ref[k] + state.alpha * state.rho  # no clip of any kind (D4)
+                x = views_ref[k] + state.alpha * state.rho  # no clip of any kind, as the reference
                 (loss, aux), g = jax.value_and_grad(
                     lambda x: loss_terms(x[None], k[None]), has_aux=True
                 )(x)
@@ -613,7 +619,7 @@ def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable
             order = jnp.arange(cfg.steps)
 
         # A rolled loop: with jaxcloak.ops.conv's forward-form gradients, unrolling a pass no
-        # longer pays (benchmarks/RESULTS.md, issue 19) and only doubles the compile time.
+        # longer pays (measured in benchmarks/RESULTS.md) and only doubles the compile time.
         state, trace = jax.lax.scan(body, state, order)
         p = state.alpha * state.rho
         mask = applied(p, budget) * cfg.mask_scale

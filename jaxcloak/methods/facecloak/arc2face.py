@@ -1,10 +1,10 @@
 """FaceCloak stage 1 as published: Arc2Face views of a person, sampled as one compiled program.
 
-Arc2Face (``../shared/specs/facecloak.md`` section 2) is Stable Diffusion 1.5 conditioned on an
-ArcFace identity: the prompt "photo of a id person" goes through a fine-tuned CLIP text encoder
-with the ``id`` token's embedding replaced by the normalised 512-d identity vector
-(:func:`jaxcloak.nets.clip_text.make_clip_text`'s ``arc2face_prompt_embeds``); the SD-1.5 UNet
-(:mod:`jaxcloak.nets.sd_unet`) denoises latents with DPM-Solver++ 2M (25 steps,
+Arc2Face (docs/facecloak.md, "Stage 1: views of the person") is Stable Diffusion 1.5
+conditioned on an ArcFace identity: the prompt "photo of a id person" goes through a fine-tuned
+CLIP text encoder with the ``id`` token's embedding replaced by the normalised 512-d identity
+vector (:func:`jaxcloak.nets.clip_text.make_clip_text`'s ``arc2face_prompt_embeds``); the
+SD-1.5 UNet (:mod:`jaxcloak.nets.sd_unet`) denoises latents with DPM-Solver++ 2M (25 steps,
 :mod:`jaxcloak.diffusion.dpm_solver`) and classifier-free guidance 3.0 against the empty
 prompt's encoding; the SD VAE (:mod:`jaxcloak.nets.sd_vae`) decodes to 512x512.
 
@@ -12,9 +12,10 @@ prompt's encoding; the SD VAE (:mod:`jaxcloak.nets.sd_vae`) decodes to 512x512.
 unconditional branches of all V views in one batched UNet call per step). :func:`make_sampler`
 runs V views of N people as a single program: each person's V initial latents from their own
 PRNG key, the N x V rows (2 N V with guidance) in one UNet call per step. No gradients, no
-host round-trips: the reference's 8 sequential batch-1 samples with an autograd graph (D14)
-become one ``lax.scan``. ``dtype="bfloat16"`` runs the three networks in bf16 (the solver
-update stays float32, as diffusers upcasts it).
+host round-trips: the reference's 8 sequential batch-1 samples with an autograd graph
+(docs/facecloak.md, "Defect: sampling with autograd on") become one ``lax.scan``.
+``dtype="bfloat16"`` runs the three networks in bf16 (the solver update stays float32, as
+diffusers upcasts it).
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..diffusion.dpm_solver import Guidance, make_dpm_solver, sample
-from ..nets import clip_text, sd_unet, sd_vae
-from ..parallel import cast_floating
-from ..typing import Params
+from ...diffusion.dpm_solver import Guidance, make_dpm_solver, sample
+from ...nets import clip_text, sd_unet, sd_vae
+from ...parallel import cast_floating
+from ...typing import Params
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,7 @@ def load_arc2face(
 
 
 class Arc2FaceViews:
-    """Stage-1 view generator (:class:`jaxcloak.attacks.views.ViewGenerator`) from Arc2Face.
+    """Stage-1 view generator (:class:`.views.ViewGenerator`) from Arc2Face.
 
     The face's identity comes from ``embed`` (an FR model with a 512-d output; Arc2Face was
     trained on antelopev2's glintr100 ArcFace embeddings, so an ArcFace IResNet-100 is the

@@ -1,9 +1,10 @@
 """Protect folders of photos: who is who, fit one mask per person, apply, write, resume.
 
-Library side of ``jaxcloak protect``: takes ready objects (a :class:`~jaxcloak.protect.Cloaker`,
-paths, policies) and never reads flags. Every input is read once, nothing is ever written over
-an input, outputs and the manifest are written atomically, a bad file is reported and skipped,
-and a rerun skips the photos whose manifest entry and output still match.
+Library side of ``jaxcloak protect``: takes ready objects (a
+:class:`~jaxcloak.methods.facecloak.cloaker.Cloaker`, paths, policies) and never reads flags.
+Every input is read once, nothing is ever written over an input, outputs and the manifest are
+written atomically, a bad file is reported and skipped, and a rerun skips the photos whose
+manifest entry and output still match.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from .anchors import IMAGE_SUFFIXES, embed_faces
-from .faces.align import warp_crop
-from .faces.photo import (
+from ..faces.align import warp_crop
+from ..faces.photo import (
     FacePolicy,
     NoFaceError,
     NoFacePolicy,
@@ -31,11 +31,12 @@ from .faces.photo import (
     RotationPolicy,
     prepare_photo,
 )
-from .io.atomic import atomic_write_json
-from .io.images import ImageReadError, read_image, write_image
-from .masks import save_mask
-from .precision import recorded
-from .protect import Cloaker, FitResult, apply_mask
+from ..io.atomic import atomic_write_json
+from ..io.images import ImageReadError, read_image, write_image
+from ..methods.facecloak.anchors import IMAGE_SUFFIXES, embed_faces
+from ..methods.facecloak.cloaker import Cloaker, FitResult, apply_mask
+from ..methods.facecloak.masks import save_mask
+from ..precision import recorded
 
 MANIFEST = "manifest.json"
 

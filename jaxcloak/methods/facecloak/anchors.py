@@ -1,20 +1,21 @@
-"""Anchor pools and FaceCloak's anchor selection (spec facecloak.md section 3, defects D1/D2).
+"""Anchor pools and FaceCloak's anchor selection (docs/facecloak.md, "Anchors").
 
 FaceCloak pulls the cloaked face away from a *similar* anchor e+ (G+) and toward a *distant*
 anchor e- (G-). The reference draws both from the evaluation gallery with no identity filter,
-so G+ is often the user's own photo (D2), and then overwrites G- with one hard-coded CelebA file
-(D1). jaxcloak's flag ``anchor_rule`` picks the behaviour:
+so G+ is often the user's own photo, and then overwrites G- with one hard-coded CelebA file
+(docs/facecloak.md, "Defect: anchors from the evaluation gallery" and "Defect: hard-coded far
+anchor"). jaxcloak's flag ``anchor_rule`` picks the behaviour:
 
 - ``"gallery_filtered"`` (fixed, default): drop pool faces of the user's identity and any face
   whose cosine to the user reaches the same-person threshold; G+ is the most similar remaining
   face, G- the least similar face of another identity. Use a pool disjoint from the evaluation
   gallery (e.g. :func:`builtin_pool`, or :func:`user_pool` on a separate folder).
-- ``"faithful"`` (alias ``"constant"``, the spec's flag value): no filter, G+ = argmax cosine
+- ``"faithful"`` (alias ``"constant"``, after its constant G-): no filter, G+ = argmax cosine
   over the whole pool, G- = a fixed far-anchor embedding the user must supply.
 
 Pools are aligned 112x112 uint8 crops with an identity label per face. :func:`builtin_pool`
 builds one at run time from real photos shipped inside installed packages (never copied into
-the repository, spec assets.md section 2.9), so the method works without a user gallery.
+the repository: they are third-party photos), so the method works without a user gallery.
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ from typing import Any, Literal
 import jax
 import numpy as np
 
-from .faces import align_face, detect_faces
-from .faces._cv2 import quiet_cv2
-from .io.images import ImageReadError, read_image
-from .nets.registry import FaceRecognizer
-from .parallel import bucket_for
+from ...faces import align_face, detect_faces
+from ...faces._cv2 import quiet_cv2
+from ...io.images import ImageReadError, read_image
+from ...parallel import bucket_for
+from ...zoo.registry import FaceRecognizer
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -50,9 +51,9 @@ __all__ = [
     "user_pool",
 ]
 
-#: Anchor rules: spec section 12's ``anchor_rule`` flag (fixed first here, it is the default).
+#: Anchor rules, the values of ``anchor_rule`` (fixed first here, it is the default).
 RULES = ("gallery_filtered", "faithful")
-_RULE_ALIASES = {"constant": "faithful"}  # the spec's name for the faithful flag value
+_RULE_ALIASES = {"constant": "faithful"}  # named after the faithful rule's constant G-
 
 #: File suffixes :func:`user_pool` tries to read; other files are reported as skipped.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
@@ -62,8 +63,8 @@ _FACE_SHAPE = (112, 112, 3)
 _CACHE_VERSION = 1
 _FAITHFUL_FAR_ANCHOR_HELP = (
     "rule='faithful' reproduces the reference, whose far anchor G- is hard-coded to "
-    "data/celeba_verify/group2_gallery/200502_0.jpg (a CelebA image that does not ship with it, "
-    "D1); pass the embedding of your own fixed far-anchor face (far_anchor_emb=, or "
+    "data/celeba_verify/group2_gallery/200502_0.jpg (a CelebA image that does not ship with "
+    "it); pass the embedding of your own fixed far-anchor face (far_anchor_emb=, or "
     "far_anchor_face= to anchor_embeddings), or use rule='gallery_filtered'"
 )
 
@@ -145,7 +146,7 @@ class AnchorPool:
         Returns:
             (N, D) float32 unit-norm embeddings, rows in pool order.
         """
-        from .convert.cache import home  # converter imports (onnx) only when embedding
+        from ...convert.cache import home  # converter imports (onnx) only when embedding
 
         key = hashlib.sha256(
             f"v{_CACHE_VERSION}|{recognizer.spec.name}|{recognizer.sha256}|"
@@ -163,7 +164,7 @@ class AnchorPool:
                 pass  # corrupt entry: recompute and overwrite it below
         emb = embed_faces(recognizer, self.faces, chunk=chunk)
         if use_cache:
-            from .io.atomic import atomic_write
+            from ...io.atomic import atomic_write
 
             buf = io.BytesIO()
             np.savez(buf, embeddings=emb, names=np.asarray(self.names))
@@ -224,7 +225,7 @@ def builtin_pool(*, include_lfw: bool | None = None) -> AnchorPool:
     reach the 0.363 same-person threshold although they carry no identity labels), so they
     would crowd G+ with faces the model cannot tell apart. Without insightface they are the
     only faces available: each of the 100 becomes its own identity ``lfw:i`` (upscaled to 112
-    as :func:`jaxcloak.samples.lfw_faces`), and a warning says the pool is weak.
+    as :func:`jaxcloak.faces.samples.lfw_faces`), and a warning says the pool is weak.
 
     Nothing is excluded here (exclusion is :func:`select_anchors`'s job) and nothing is random.
 
@@ -357,7 +358,7 @@ def _builtin_pool_cached(images: str | None, include_lfw: bool) -> AnchorPool:
         add(hanks, np.eye(2, 3), "Tom_Hanks", "Tom_Hanks_54745")
         parts.append(f"insightface t1.jpg ({n_t1} people) + Tom_Hanks_54745.png")
     if include_lfw:
-        from .samples import lfw_faces
+        from ...faces.samples import lfw_faces
 
         for i, face in enumerate(lfw_faces(100)):
             add(face, np.eye(2, 3), f"lfw:{i}", f"lfw#{i}")
@@ -463,7 +464,7 @@ def select_anchors(
     same_person_threshold: float,
     far_anchor_emb: np.ndarray | None = None,
 ) -> Anchors:
-    """Choose FaceCloak's similar and distant anchors (spec section 3; D1, D2).
+    """Choose FaceCloak's similar and distant anchors (docs/facecloak.md, "Anchors").
 
     ``"gallery_filtered"``: drop pool faces labelled ``user_id`` and faces with cosine to the
     user >= ``same_person_threshold`` (probably the user under another label); G+ = argmax
@@ -479,7 +480,7 @@ def select_anchors(
         pool_emb: (N, D) pool embeddings.
         pool_ids: N identity labels.
         rule: ``"gallery_filtered"`` or ``"faithful"`` (``"constant"`` is accepted for the
-            latter, the spec's flag value).
+            latter).
         user_id: the user's identity label in the pool, if any.
         same_person_threshold: the recogniser's same-person cosine (SFace 0.363); ignored by
             the faithful rule.

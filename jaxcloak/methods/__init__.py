@@ -1,0 +1,1 @@
+"""The two published methods: FaceCloak (a personal mask) and MAP (a fine-tuned score network)."""

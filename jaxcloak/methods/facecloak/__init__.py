@@ -1,0 +1,1 @@
+"""FaceCloak: learn one universal mask per person from one photo and apply it to any photo."""
