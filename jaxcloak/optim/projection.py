@@ -361,8 +361,6 @@ def as_aggregator(tx: optax.GradientTransformationExtraArgs) -> Any:
     return _aggregating.Aggregator(tx.init, tx.update)
 
 
-
-
 class EmaGradsState(NamedTuple):
     """Per-task gradient EMAs, stacked like the updates: leaves ``(num_tasks, *param_shape)``."""
 
