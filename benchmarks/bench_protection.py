@@ -43,10 +43,12 @@ from jaxcloak.evaluate.metrics import psnr, ssim
 from jaxcloak.evaluate.robustness import apply_transform, map_box
 from jaxcloak.faces import NoFaceError, prepare_photo
 from jaxcloak.io import read_image
-from jaxcloak.methods.facecloak.anchors import IMAGE_SUFFIXES, builtin_pool, embed_faces
+from jaxcloak.io.images import IMAGE_SUFFIXES
+from jaxcloak.methods.facecloak.anchors import builtin_pool
 from jaxcloak.methods.facecloak.cloaker import Cloaker, FitResult, apply_mask
 from jaxcloak.methods.facecloak.views import MultiPhotoViews, make_view_generator
 from jaxcloak.zoo import load
+from jaxcloak.zoo.embed import embed_faces
 
 #: Named CloakConfig overrides; "+" joins several.
 CONFIGS: dict[str, dict] = {

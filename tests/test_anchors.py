@@ -26,6 +26,7 @@ from jaxcloak.methods.facecloak.anchors import (
     user_pool,
 )
 from jaxcloak.zoo import load
+from jaxcloak.zoo.embed import embed_faces
 
 needs_insightface = pytest.mark.skipif(
     A._insightface_images() is None,
@@ -54,7 +55,7 @@ def pool_emb(pool, sface) -> np.ndarray:
 def astro() -> tuple[np.ndarray, np.ndarray]:
     """The astronaut's aligned face and its SFace embedding, plus its mirror's embedding."""
     face = astronaut_aligned()
-    return face, A.embed_faces(load("sface"), np.stack([face, face[:, ::-1]]))
+    return face, embed_faces(load("sface"), np.stack([face, face[:, ::-1]]))
 
 
 @needs_insightface

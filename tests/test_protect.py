@@ -22,11 +22,12 @@ from PIL import Image
 from jaxcloak.cli.main import main
 from jaxcloak.configs.facecloak import get_config
 from jaxcloak.faces import align_face, detect_faces
-from jaxcloak.methods.facecloak.anchors import builtin_pool, embed_faces
+from jaxcloak.methods.facecloak.anchors import builtin_pool
 from jaxcloak.methods.facecloak.cloaker import Cloaker
 from jaxcloak.methods.facecloak.masks import MaskFileError, load_mask, save_mask
 from jaxcloak.methods.facecloak.views import make_view_generator
 from jaxcloak.pipelines.bulk import group_identities, protect_files
+from jaxcloak.zoo.embed import embed_faces
 from jaxcloak.zoo.registry import load
 
 #: The default strength's L-inf budget in grey levels.

@@ -23,9 +23,9 @@ from .. import __version__
 from ..faces import align_face, detect_faces, warp_crop
 from ..io import ImageReadError, read_image
 from ..io.atomic import atomic_write_json, atomic_write_text
-from ..methods.facecloak.anchors import embed_faces
+from ..io.images import IMAGE_SUFFIXES
 from ..methods.facecloak.masks import MaskFileError, load_mask
-from ..pipelines.bulk import IMAGE_SUFFIXES
+from ..zoo.embed import embed_faces
 from ..zoo.registry import FaceRecognizer
 from . import figures, metrics
 from .dlib_bb import box_iou

@@ -30,6 +30,7 @@ from .atomic import atomic_write
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "IMAGE_SUFFIXES",
     "ImageReadError",
     "ImageWriteError",
     "LoadedImage",
@@ -41,6 +42,9 @@ __all__ = [
 #: Default pixel cap (100 megapixels): far above any camera photo we expect, far below what
 #: would exhaust memory once converted to float arrays for the attack.
 DEFAULT_MAX_PIXELS = 100_000_000
+
+#: File suffixes read as photos when a folder is searched.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 _ORIENTATION_TAG = 0x0112
 _HIGH_DEPTH_GREY = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})

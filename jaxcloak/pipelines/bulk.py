@@ -32,11 +32,11 @@ from ..faces.photo import (
     prepare_photo,
 )
 from ..io.atomic import atomic_write_json
-from ..io.images import ImageReadError, read_image, write_image
-from ..methods.facecloak.anchors import IMAGE_SUFFIXES, embed_faces
+from ..io.images import IMAGE_SUFFIXES, ImageReadError, read_image, write_image
 from ..methods.facecloak.cloaker import Cloaker, FitResult, apply_mask
 from ..methods.facecloak.masks import save_mask
 from ..precision import recorded
+from ..zoo.embed import embed_faces
 
 MANIFEST = "manifest.json"
 

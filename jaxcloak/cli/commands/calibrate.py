@@ -10,7 +10,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ...evaluate.metrics import calibrate_threshold
-    from ...methods.facecloak.anchors import embed_faces, user_pool
+    from ...methods.facecloak.anchors import user_pool
+    from ...zoo.embed import embed_faces
     from ...zoo.registry import load
 
     pool = user_pool(args.folder)

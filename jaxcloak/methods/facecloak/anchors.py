@@ -30,23 +30,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import jax
 import numpy as np
 
 from ...faces import align_face, detect_faces
 from ...faces._cv2 import quiet_cv2
-from ...io.images import ImageReadError, read_image
-from ...parallel import bucket_for
+from ...io.images import IMAGE_SUFFIXES, ImageReadError, read_image
+from ...zoo.embed import embed_faces
 from ...zoo.registry import FaceRecognizer
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "RULES",
     "AnchorPool",
     "Anchors",
     "anchor_embeddings",
     "builtin_pool",
-    "embed_faces",
     "select_anchors",
     "user_pool",
 ]
@@ -56,7 +53,6 @@ RULES = ("gallery_filtered", "faithful")
 _RULE_ALIASES = {"constant": "faithful"}  # named after the faithful rule's constant G-
 
 #: File suffixes :func:`user_pool` tries to read; other files are reported as skipped.
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 _FACE_SHAPE = (112, 112, 3)
 # Bump when what is embedded for a given pool and model changes (e.g. preprocessing).
@@ -171,44 +167,6 @@ class AnchorPool:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, buf.getvalue())
         return emb
-
-
-_MIN_BUCKET = 8
-
-
-def embed_faces(recognizer: FaceRecognizer, faces: np.ndarray, *, chunk: int = 32) -> np.ndarray:
-    """Embed aligned uint8 faces with one jitted call per chunk.
-
-    Args:
-        recognizer: a loaded recogniser.
-        faces: (N, 112, 112, 3) uint8 RGB aligned crops.
-        chunk: largest batch; a smaller or last batch is padded up to a bucket size
-            (:func:`jaxcloak.parallel.bucket_for`), so at most a handful of programs compile
-            whatever the face counts.
-
-    Returns:
-        (N, D) float32 unit-norm embeddings.
-    """
-    faces = np.asarray(faces)
-    if faces.ndim != 4 or faces.dtype != np.uint8:
-        raise ValueError(f"faces must be (N, H, W, 3) uint8, got {faces.shape} {faces.dtype}")
-    n = faces.shape[0]
-    if n == 0:
-        return np.zeros((0, recognizer.spec.embedding_dim), np.float32)
-    # Small calls (one face, a clean/protected pair, a photo's faces) all share the one
-    # program of the smallest bucket at or above 8: a cold run compiles one embedding
-    # program for them instead of one per count; padding a few rows costs milliseconds.
-    batch = bucket_for(max(n, min(_MIN_BUCKET, chunk)), chunk)
-    fn = jax.jit(recognizer.embed)  # jit's caches are keyed on the function: shared
-    out = []
-    for start in range(0, n, batch):
-        x = faces[start : start + batch]
-        pad = batch - x.shape[0]
-        if pad:  # repeat the last face rather than compile another, smaller program
-            x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
-        e = fn(recognizer.params, x.astype(np.float32) / 255.0)
-        out.append(np.asarray(e)[: x.shape[0] - pad])
-    return np.concatenate(out).astype(np.float32)
 
 
 def builtin_pool(*, include_lfw: bool | None = None) -> AnchorPool:

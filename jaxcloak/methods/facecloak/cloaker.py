@@ -32,8 +32,9 @@ from ...parallel import (
     shard_rows,
 )
 from ...precision import Policy, resolve, scope, wrap_network
+from ...zoo.embed import embed_faces
 from ...zoo.registry import FaceRecognizer
-from .anchors import AnchorPool, anchor_embeddings, embed_faces
+from .anchors import AnchorPool, anchor_embeddings
 from .attack import CloakConfig, highpass_for, make_cloak
 from .views import ViewGenerator, views_of_photos
 
