@@ -40,7 +40,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))  # the torch reference modules
 from timing import compile_jax, environment, time_calls  # noqa: E402
 
-from jaxcloak.convert.torch import arch_module, convert_state_dict  # noqa: E402
+from jaxcloak.zoo.archs import arch_module, convert_state_dict  # noqa: E402
 
 
 @dataclass(frozen=True)

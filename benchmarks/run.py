@@ -135,8 +135,8 @@ def surrogate(name: str, framework: str, requires_grad: bool = True, device: str
 
             rec = load("sface")
             return rec.embed, rec.params
-        from jaxcloak.convert.torch import convert_state_dict
         from jaxcloak.nets import irse
+        from jaxcloak.zoo.archs import convert_state_dict
 
         state = {k: v.numpy() for k, v in _ir50_torch(False).state_dict().items()}
         return irse.make_embed("ir50"), convert_state_dict(state, "irse", "ir50")

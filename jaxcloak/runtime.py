@@ -25,8 +25,8 @@ _CACHE_HIT = "/jax/compilation_cache/cache_hits"
 
 
 def default_cache_dir() -> Path:
-    """``$JAXCLOAK_HOME/xla-cache`` (default: the user cache dir, see ``convert.cache.home``)."""
-    from .convert.cache import home
+    """``$JAXCLOAK_HOME/xla-cache`` (default: the user cache dir, :func:`jaxcloak.paths.home`)."""
+    from .paths import home
 
     return home() / "xla-cache"
 

@@ -251,7 +251,7 @@ def test_pool_embeddings_are_cached_per_model_and_content(sface):
         names=("x", "x~flip", "x~upside"),
         source="test",
     )
-    from jaxcloak.convert.cache import home
+    from jaxcloak.paths import home
 
     def counting(calls: list):
         def embed(params, x):

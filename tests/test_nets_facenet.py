@@ -32,8 +32,9 @@ from flax import nnx  # noqa: E402
 from reference_facenet import InceptionResnetV1 as TorchFaceNet  # noqa: E402
 from reference_nets import randomise_  # noqa: E402
 
-from jaxcloak.convert.torch import ConversionError, arch_key_map, convert_state_dict  # noqa: E402
+from jaxcloak.convert.torch import ConversionError  # noqa: E402
 from jaxcloak.nets import facenet  # noqa: E402
+from jaxcloak.zoo.archs import arch_key_map, convert_state_dict  # noqa: E402
 
 LAYER_RTOL = 2e-5
 NET_RTOL = 5e-5

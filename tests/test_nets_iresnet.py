@@ -28,13 +28,9 @@ from flax import nnx  # noqa: E402
 from reference_nets import IResNet as TorchIResNet  # noqa: E402
 from reference_nets import randomise_  # noqa: E402
 
-from jaxcloak.convert.torch import (  # noqa: E402
-    ConversionError,
-    convert_state_dict,
-    iresnet_key_map,
-    load_checkpoint,
-)
+from jaxcloak.convert.torch import ConversionError, load_checkpoint  # noqa: E402
 from jaxcloak.nets import iresnet  # noqa: E402
+from jaxcloak.zoo.archs import convert_state_dict, iresnet_key_map  # noqa: E402
 
 LAYER_RTOL = 2e-5
 NET_RTOL = 5e-5

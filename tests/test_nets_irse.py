@@ -27,13 +27,9 @@ from reference_irse import Backbone as TorchBackbone  # noqa: E402
 from reference_irse import bottleneck_IR, bottleneck_IR_SE, l2_norm  # noqa: E402
 from reference_nets import randomise_  # noqa: E402
 
-from jaxcloak.convert.torch import (  # noqa: E402
-    ConversionError,
-    arch_key_map,
-    convert_state_dict,
-    key_map,
-)
+from jaxcloak.convert.torch import ConversionError, key_map  # noqa: E402
 from jaxcloak.nets import irse  # noqa: E402
+from jaxcloak.zoo.archs import arch_key_map, convert_state_dict  # noqa: E402
 
 LAYER_RTOL = 2e-5
 NET_RTOL = 5e-5

@@ -17,20 +17,11 @@ import onnx
 
 from .. import __version__
 from ..io.atomic import atomic_write, atomic_write_json
+from ..paths import home
 from .onnx import OnnxFunction, convert
 
 # Bump when conversion output changes, so old cache entries are ignored.
 CONVERTER_VERSION = 2  # 2: Conv -> BatchNormalization pairs folded
-
-
-def home() -> Path:
-    """The jaxcloak data directory: ``$JAXCLOAK_HOME`` or the platform's user cache dir."""
-    env = os.environ.get("JAXCLOAK_HOME")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("jaxcloak"))
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

