@@ -65,7 +65,8 @@ def c4_taps():
 
 def map_inversion() -> dict:
     from jaxcloak.diffusion import make_schedule
-    from jaxcloak.methods.map.step import MapConfig, invert_faces
+    from jaxcloak.methods.map.config import MapConfig
+    from jaxcloak.methods.map.step import invert_faces
     from jaxcloak.nets import ddpm_unet
     from jaxcloak.parallel import make_mesh, run_batched
 

@@ -22,7 +22,7 @@ from jaxcloak.configs.files import (
     resolve_facecloak,
     resolve_map,
 )
-from jaxcloak.methods.facecloak.attack import CloakConfig
+from jaxcloak.methods.facecloak.config import CloakConfig
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -326,3 +326,74 @@ def test_protect_options_and_argv():
         "--quality",
         "9",
     ]
+
+
+# ---- the command line: --config / --set reach the configs and protect's own options ----------
+
+
+def _cli_args(*argv: str):
+    from jaxcloak.cli.main import _with_protect_options, build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(list(argv))
+    return _with_protect_options(parser, args, list(argv)) if args.command == "protect" else args
+
+
+def test_cli_config_file_and_set_reach_cloak_config(tmp_path):
+    from jaxcloak.cli.wiring import cloak_config
+
+    cfg = _write(tmp_path, "[facecloak]\nstrength = 'high'\nsteps = 12\n")
+    args = _cli_args("protect", "x.jpg", "-o", "out", "--config", str(cfg))
+    assert cloak_config(args) == fc_presets.get_config("fixed", "high", steps=12)
+    # flags win over the file, --set over both
+    args = _cli_args(
+        "protect", "x.jpg", "-o", "o", "--config", str(cfg), "--steps", "5", "--eps", "10"
+    )
+    assert cloak_config(args) == fc_presets.get_config("fixed", "high", steps=5, eps=10 / 255)
+    args = _cli_args("mask", "fit", "me.jpg", "-o", "me.mask", "--steps", "5", "--set",
+                     "facecloak.steps=7", "--set", "facecloak.nesterov=true")  # fmt: skip
+    assert cloak_config(args) == fc_presets.get_config("fixed", "mid", steps=7, nesterov=True)
+    # without any of them: the code preset, exactly as before --config existed
+    assert cloak_config(_cli_args("protect", "x.jpg", "-o", "o")) == fc_presets.get_config()
+    args = _cli_args("protect", "x.jpg", "-o", "o", "--mode", "faithful", "--steps", "3")
+    assert cloak_config(args) == dataclasses.replace(fc_presets.FAITHFUL, passes=3)
+
+
+def test_cli_map_config(tmp_path):
+    from jaxcloak.cli.wiring import map_config
+
+    cfg = _write(tmp_path, "[map]\npreset = 'paper'\nt0 = 40\n")
+    args = _cli_args("map", "fit", "me.jpg", "--target", "t.jpg", "-o", "r", "--config", str(cfg))
+    assert map_config(args) == dataclasses.replace(map_presets.PAPER, t0=40)
+    args = _cli_args("map", "fit", "me.jpg", "--target", "t.jpg", "-o", "r", "--map-steps", "4")
+    assert map_config(args) == dataclasses.replace(map_presets.DEMO, steps=4)
+
+
+def test_cli_protect_table_and_errors(tmp_path, capsys):
+    from jaxcloak.cli.wiring import cloak_config
+
+    cfg = _write(tmp_path, "[protect]\nidentity = 'per-folder'\nquality = 80\nno_masks = true\n")
+    args = _cli_args("protect", "x.jpg", "-o", "o", "--config", str(cfg))
+    assert (args.identity, args.quality, args.no_masks) == ("per-folder", 80, True)
+    args = _cli_args("protect", "x.jpg", "-o", "o", "--config", str(cfg), "--quality", "90",
+                     "--set", "protect.identity=per-file")  # fmt: skip
+    assert (args.identity, args.quality) == ("per-file", 90)
+    bad = _write(tmp_path, "[protect]\nformat = 'GIF'\n", name="bad.toml")
+    with pytest.raises(SystemExit):  # argparse checks the file's values like typed flags
+        _cli_args("protect", "x.jpg", "-o", "o", "--config", str(bad))
+    assert "invalid choice: 'GIF'" in capsys.readouterr().err
+    typo = r"error: facecloak\.stpes: unknown key; did you mean 'steps'"
+    with pytest.raises(SystemExit, match=typo):  # protect checks every --set before it starts
+        _cli_args("protect", "x.jpg", "-o", "o", "--set", "facecloak.stpes=3")
+    args = _cli_args("mask", "fit", "me.jpg", "-o", "me.mask", "--set", "facecloak.stpes=3")
+    with pytest.raises(SystemExit, match=typo):
+        cloak_config(args)
+    with pytest.raises(SystemExit, match=r"error: --config .*missing\.toml"):
+        _cli_args("protect", "x.jpg", "-o", "o", "--config", str(tmp_path / "missing.toml"))
+
+
+def test_map_config_names_every_smoothness_term():
+    from jaxcloak.methods.map.config import SMOOTHNESS_NAMES
+    from jaxcloak.objectives.map import SMOOTHNESS
+
+    assert set(SMOOTHNESS_NAMES) == set(SMOOTHNESS)

@@ -11,7 +11,8 @@ import pytest
 
 from jaxcloak.configs.facecloak import FAITHFUL, get_config
 from jaxcloak.faces.chain import identity_taps
-from jaxcloak.methods.facecloak.attack import CloakConfig, make_batched_cloak, make_cloak
+from jaxcloak.methods.facecloak.attack import make_batched_cloak, make_cloak
+from jaxcloak.methods.facecloak.config import CloakConfig
 from jaxcloak.objectives.facecloak import faithful_region_mask, sticker_boxes
 
 S, D = 24, 8

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from jaxcloak.diffusion import generate, make_schedule
-from jaxcloak.methods.map.step import MapBatch, MapConfig, MapInputs, init_state, make_map_step
+from jaxcloak.methods.map.config import MapConfig
+from jaxcloak.methods.map.step import MapBatch, MapInputs, init_state, make_map_step
 from jaxcloak.objectives.map import FaceFrame, identity_loss, l1_fidelity
 
 S = 16  # crop side

@@ -104,8 +104,8 @@ def test_each_policy_runs_and_float32_is_unchanged(sface):
 def test_cloaker_records_and_uses_its_policy(sface):
     from jaxcloak.faces.samples import astronaut_aligned
     from jaxcloak.methods.facecloak.anchors import builtin_pool
-    from jaxcloak.methods.facecloak.attack import CloakConfig
     from jaxcloak.methods.facecloak.cloaker import Cloaker
+    from jaxcloak.methods.facecloak.config import CloakConfig
     from jaxcloak.methods.facecloak.views import make_view_generator
 
     rec, _ = sface

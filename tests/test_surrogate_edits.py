@@ -16,7 +16,8 @@ from test_transfer import one_program_runs
 
 from jaxcloak.convert.onnx import convert
 from jaxcloak.faces.chain import identity_taps
-from jaxcloak.methods.facecloak.attack import CloakConfig, _darken, make_cloak
+from jaxcloak.methods.facecloak.attack import _darken, make_cloak
+from jaxcloak.methods.facecloak.config import CloakConfig
 from jaxcloak.objectives import surrogate as sur
 from jaxcloak.optim.attack import neighbourhood_gradient
 

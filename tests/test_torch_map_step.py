@@ -61,9 +61,9 @@ from torch_reference.map_step import (  # noqa: E402
 from torch_reference.onnx_torch import sface_torch  # noqa: E402
 
 from jaxcloak.diffusion import make_schedule  # noqa: E402
+from jaxcloak.methods.map.config import MapConfig  # noqa: E402
 from jaxcloak.methods.map.step import (  # noqa: E402
     MapBatch,
-    MapConfig,
     MapInputs,
     init_state,
     invert_faces,

@@ -16,7 +16,8 @@ from test_facecloak_attack import tiny_embed
 
 from jaxcloak.faces.augment import low_frequency, resize_and_pad
 from jaxcloak.faces.chain import identity_taps
-from jaxcloak.methods.facecloak.attack import CloakConfig, make_cloak
+from jaxcloak.methods.facecloak.attack import make_cloak
+from jaxcloak.methods.facecloak.config import CloakConfig
 from jaxcloak.objectives.facecloak import perceptual_budget
 from jaxcloak.optim.attack import gaussian_kernel, momentum_sign_step, smooth_gradient
 

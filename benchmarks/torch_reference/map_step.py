@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jaxcloak.diffusion.ddim import alphas_cumprod, beta_schedule
-from jaxcloak.methods.map.step import MapConfig
+from jaxcloak.methods.map.config import MapConfig
 from jaxcloak.objectives.map import FaceFrame
 
 from .fer_torch import preprocess_torch

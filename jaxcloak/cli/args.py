@@ -88,20 +88,22 @@ def add_precision_arg(g) -> None:
 
 def add_cloak_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("protection settings")
+    from ..configs.facecloak import STRENGTHS
+
+    levels = "/".join(f"{round(s['eps'] * 255)}" for s in STRENGTHS.values())
+    steps = "/".join(sorted({str(s["steps"]) for s in STRENGTHS.values()}))
     g.add_argument(
         "--mode",
         choices=["fixed", "faithful"],
-        default="fixed",
         help="fixed (default): jaxcloak's corrected FaceCloak; faithful: the "
         "reference code's update as shipped (needs --far-anchor)",
     )
     g.add_argument(
         "--strength",
-        choices=["low", "mid", "high"],
-        default="mid",
-        help="fixed-mode preset: L-inf budget 16/20/24 grey levels, 40 steps, with momentum, "
-        "input diversity and gradient smoothing for transfer; measured PSNR medians "
-        "37.0/35.1/33.5 dB on real photos, mid the default (see README)",
+        choices=list(STRENGTHS),
+        help=f"fixed-mode preset {'/'.join(STRENGTHS)}: L-inf budget {levels} grey levels, "
+        f"{steps} steps, with momentum, input diversity and gradient smoothing for transfer; "
+        "measured PSNR medians 37.0/35.1/33.5 dB on real photos; default mid (see README)",
     )
     g.add_argument(
         "--eps",
@@ -218,11 +220,14 @@ def add_map_args(p: argparse.ArgumentParser) -> None:
         default="celeba_hq",
         help="architecture of a --score-net state dict (default celeba_hq)",
     )
+    from ..configs.map import DEMO, PAPER, PRESETS
+
     g.add_argument(
         "--preset",
-        choices=["demo", "paper"],
-        help="demo (default without --score-net): 60 steps, lr 2e-4; paper (default with "
-        "--score-net): 800 steps, lr 8e-6 x1.3/epoch",
+        choices=sorted(PRESETS),
+        help=f"demo (default without --score-net): {DEMO.steps} steps, lr "
+        f"{DEMO.learning_rate:g}; paper (default with --score-net): {PAPER.steps} steps, lr "
+        f"{PAPER.learning_rate:g} x{PAPER.lr_growth:g}/epoch",
     )
     g.add_argument(
         "--map-steps",
@@ -233,9 +238,11 @@ def add_map_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--projection",
         choices=["gradvac", "pcgrad", "none"],
-        help="gradient projection between identity and expression (default gradvac)",
+        help=f"gradient projection between identity and expression (default {PAPER.projection})",
     )
-    g.add_argument("--t0", type=number_in(int, 1, 1000), help="DDIM inversion depth (default 60)")
+    g.add_argument(
+        "--t0", type=number_in(int, 1, 1000), help=f"DDIM inversion depth (default {PAPER.t0})"
+    )
     g.add_argument(
         "--no-eval",
         action="store_true",
@@ -319,3 +326,22 @@ def read_file_list(path: str) -> list[str]:
     except (OSError, UnicodeDecodeError) as e:
         raise SystemExit(f"error: --files-from {path}: cannot read: {e}") from e
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("run settings from a file (configs/README.md)")
+    g.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a TOML file of settings: [facecloak] (any CloakConfig field, plus mode and "
+        "strength), [map] (any MapConfig field, plus preset), [protect] (this command's "
+        "options); flags given here win over the file (examples in the repository's configs/)",
+    )
+    g.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one setting, e.g. --set facecloak.steps=60 or --set map.t0=40 "
+        "(repeatable; wins over the file and the flags; values in TOML syntax)",
+    )

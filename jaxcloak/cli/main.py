@@ -23,6 +23,7 @@ from .. import __version__
 from .args import (
     add_cache_args,
     add_cloak_args,
+    add_config_args,
     add_map_args,
     add_output_args,
     add_precision_arg,
@@ -39,7 +40,7 @@ from .commands.mask import cmd_mask_apply, cmd_mask_fit
 from .commands.models import cmd_models_check, cmd_models_import, cmd_models_list
 from .commands.protect import cmd_protect
 from .output import EXIT_STILL_RECOGNISED
-from .wiring import MAX_GROUP_PHOTOS, compile_cache_dir
+from .wiring import MAX_GROUP_PHOTOS, compile_cache_dir, file_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_output_args(p_prot)
     add_cloak_args(p_prot)
+    add_config_args(p_prot)
     add_scale_args(p_prot)
     add_cache_args(p_prot)
     add_map_args(p_prot)
@@ -178,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_args(p_mfit)
     add_cache_args(p_mfit)
     add_map_args(p_mfit)
+    add_config_args(p_mfit)
     add_precision_arg(p_mfit)
     p_mfit.set_defaults(func=cmd_map_fit)
     p_map.set_defaults(func=lambda a: (p_map.print_help(), 2)[1])
@@ -201,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_fit.add_argument("-o", "--output", required=True, metavar="MASK", help="mask file to write")
     p_fit.add_argument("--overwrite", action="store_true", help="replace an existing mask file")
     add_cloak_args(p_fit)
+    add_config_args(p_fit)
     add_cache_args(p_fit)
     p_fit.set_defaults(func=cmd_mask_fit, faces="largest")
     p_apply = ksub.add_parser(
@@ -270,12 +274,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _with_protect_options(parser, args: argparse.Namespace, argv: list[str]):
+    """Parse again with the options of --config's [protect] table right after the command
+    (so argparse checks them and the user's own flags win) and --set protect.* at the end."""
+    from ..configs.files import ConfigError, as_argv, parse_sets, protect_options
+
+    try:
+        options = protect_options(file_config(args))
+        sets = parse_sets(args.set)["protect"]
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+    if not options and not sets:
+        return args
+    at = argv.index("protect") + 1
+    again = parser.parse_args([*argv[:at], *as_argv(options), *argv[at:], *as_argv(sets)])
+    again._file_config = args._file_config
+    return again
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    if args.command == "protect":
+        args = _with_protect_options(parser, args, list(sys.argv[1:] if argv is None else argv))
     from .. import precision
     from ..runtime import CompileCounter, enable_compile_cache
 

@@ -23,28 +23,34 @@ def precision_policy(args: argparse.Namespace):
     return args._precision
 
 
+def cloak_config(args: argparse.Namespace):
+    """The CloakConfig of a run: preset < --config [facecloak] < flags < --set facecloak.*."""
+    from ..configs.files import ConfigError, resolve_facecloak
+
+    try:
+        return resolve_facecloak(
+            file_config(args),
+            args.set,
+            mode=args.mode,
+            # --strength names fixed-mode presets; with --mode faithful it has no effect
+            strength=None if args.mode == "faithful" else args.strength,
+            explicit={"eps_levels": args.eps, "iterations": args.steps, "eot": args.eot or None},
+        )
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
 def make_cloaker(args: argparse.Namespace, extra_photos: np.ndarray | None = None):
     """The Cloaker the arguments ask for; ``extra_photos`` ((E, 112, 112, 3) uint8 aligned
     crops of the same person) feed the views besides the reference face."""
-    import dataclasses
-
-    from ..configs.facecloak import get_config
     from ..methods.facecloak.anchors import builtin_pool, user_pool
     from ..methods.facecloak.cloaker import Cloaker
     from ..zoo.ensemble import load_surrogate
 
-    overrides = {}
-    if args.eps is not None:
-        overrides["eps"] = args.eps / 255
-    if args.steps is not None:
-        overrides["steps" if args.mode == "fixed" else "passes"] = args.steps
-    if args.eot:
-        overrides["eot"] = tuple(k.strip() for k in args.eot.split(",") if k.strip())
-    config = get_config(args.mode, args.strength if args.mode == "fixed" else "mid")
-    config = dataclasses.replace(config, **overrides)
+    config = cloak_config(args)
     policy = precision_policy(args)  # set before the pool, the views and the far anchor compute
     far = None
-    if args.mode == "faithful":
+    if config.mode == "faithful":
         if not args.far_anchor:
             raise SystemExit(
                 "error: --mode faithful needs --far-anchor IMAGE: the reference hard-codes one "
@@ -66,7 +72,7 @@ def make_cloaker(args: argparse.Namespace, extra_photos: np.ndarray | None = Non
         config,
         views,
         pool,
-        anchor_rule="faithful" if args.mode == "faithful" else "gallery_filtered",
+        anchor_rule="faithful" if config.mode == "faithful" else "gallery_filtered",
         far_anchor_face=far,
         max_batch=args.batch,
         seed=args.seed,
@@ -138,17 +144,31 @@ def chosen_face(path: Path, faces, min_face: float, rotations: str = "auto"):
 
 
 def map_config(args: argparse.Namespace):
-    from ..configs.map import get_config
+    """The MapConfig of a run: preset < --config [map] < flags < --set map.*."""
+    from ..configs.files import ConfigError, resolve_map
 
-    preset = args.preset or ("paper" if args.score_net else "demo")
-    overrides = {}
-    if args.map_steps is not None:
-        overrides["steps"] = args.map_steps
-    if args.projection:
-        overrides["projection"] = args.projection
-    if args.t0 is not None:
-        overrides["t0"] = args.t0
-    return get_config(preset, **overrides)
+    try:
+        return resolve_map(
+            file_config(args),
+            args.set,
+            preset=args.preset,
+            explicit={"steps": args.map_steps, "projection": args.projection, "t0": args.t0},
+            default_preset="paper" if args.score_net else "demo",
+        )
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def file_config(args: argparse.Namespace) -> dict | None:
+    """The --config file, read and checked once per run (None without one)."""
+    if not hasattr(args, "_file_config"):
+        from ..configs.files import ConfigError, load_config
+
+        try:
+            args._file_config = load_config(args.config) if args.config else None
+        except ConfigError as e:
+            raise SystemExit(f"error: --config {e}") from None
+    return args._file_config
 
 
 def compile_cache_dir(args: argparse.Namespace):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..methods.facecloak.attack import CloakConfig
+from ..methods.facecloak.config import CloakConfig
 
 #: The shipped reference run (cloak_template.txt): afog_cloak_multi, T = 10 passes over the
 #: views, eta = 2/255, eps = 8/255, lambda_alpha = 10, std guard 0.01, no projection inside

@@ -55,8 +55,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
-from ..methods.facecloak.attack import CloakConfig
-from ..methods.map.step import MapConfig
+from ..methods.facecloak.config import CloakConfig
+from ..methods.map.config import MapConfig
 from . import facecloak as facecloak_presets
 from . import map as map_presets
 

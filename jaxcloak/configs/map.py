@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..methods.map.step import MapConfig
+from ..methods.map.config import MapConfig
 
 __all__ = ["DEMO", "PAPER", "PRESETS", "get_config"]
 

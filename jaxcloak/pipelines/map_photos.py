@@ -39,9 +39,9 @@ from ..faces.align import estimate_similarity, warp_crop
 from ..faces.photo import prepare_photo
 from ..io import read_image, write_image
 from ..io.atomic import atomic_write_json, atomic_write_text
+from ..methods.map.config import MapConfig
 from ..methods.map.step import (
     MapBatch,
-    MapConfig,
     MapInputs,
     MapState,
     init_state,

@@ -35,7 +35,8 @@ from ...precision import Policy, resolve, scope, wrap_network
 from ...zoo.embed import embed_faces
 from ...zoo.registry import FaceRecognizer
 from .anchors import AnchorPool, anchor_embeddings
-from .attack import CloakConfig, highpass_for, make_cloak
+from .attack import highpass_for, make_cloak
+from .config import CloakConfig
 from .views import ViewGenerator, views_of_photos
 
 

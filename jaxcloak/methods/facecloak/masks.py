@@ -118,7 +118,7 @@ def load_mask(path: str | os.PathLike) -> PersonalMask:
 
 def _stated_bound(p: Path, meta: dict[str, Any]) -> float:
     """The largest |delta| (grey levels) the mask's own recorded settings allow."""
-    from .attack import CloakConfig
+    from .config import CloakConfig
 
     eps = meta.get("eps")
     if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 < eps <= 1:
