@@ -397,3 +397,16 @@ def test_map_config_names_every_smoothness_term():
     from jaxcloak.objectives.map import SMOOTHNESS
 
     assert set(SMOOTHNESS_NAMES) == set(SMOOTHNESS)
+
+
+def test_cli_print_config_is_a_config_file(tmp_path, capsys):
+    from jaxcloak.cli.main import main
+
+    out = tmp_path / "o"
+    argv = ["protect", "x.jpg", "-o", str(out), "--strength", "high", "--set", "map.t0=30"]
+    assert main([*argv, "--print-config"]) == 0
+    printed = _write(tmp_path, capsys.readouterr().out)
+    cfg = load_config(printed)
+    assert resolve_facecloak(cfg) == fc_presets.get_config("fixed", "high")
+    assert resolve_map(cfg, preset="paper") == dataclasses.replace(map_presets.DEMO, t0=30)
+    assert not out.exists()  # printed, nothing run

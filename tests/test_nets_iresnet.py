@@ -30,7 +30,7 @@ from reference_nets import randomise_  # noqa: E402
 
 from jaxcloak.convert.torch import ConversionError, load_checkpoint  # noqa: E402
 from jaxcloak.nets import iresnet  # noqa: E402
-from jaxcloak.zoo.archs import convert_state_dict, iresnet_key_map  # noqa: E402
+from jaxcloak.zoo.archs import arch_key_map, convert_state_dict  # noqa: E402
 
 LAYER_RTOL = 2e-5
 NET_RTOL = 5e-5
@@ -166,8 +166,8 @@ def test_key_map_matches_torch_keys() -> None:
     """Every torch key except num_batches_tracked is mapped, and nothing else."""
     sd = torch_net("tiny").state_dict()
     torch_keys = {k for k in sd if not k.endswith("num_batches_tracked")}
-    assert set(iresnet_key_map("tiny")) == torch_keys
-    assert set(iresnet_key_map("r100")) == {
+    assert set(arch_key_map("iresnet", "tiny")[0]) == torch_keys
+    assert set(arch_key_map("iresnet", "r100")[0]) == {
         k
         for k in TorchIResNet(layers=(3, 13, 30, 3), widths=(4, 4, 4, 4)).state_dict()
         if not k.endswith("num_batches_tracked")

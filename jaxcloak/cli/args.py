@@ -345,3 +345,8 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
         help="override one setting, e.g. --set facecloak.steps=60 or --set map.t0=40 "
         "(repeatable; wins over the file and the flags; values in TOML syntax)",
     )
+    g.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the settings this run would use, as a TOML file --config reads, and exit",
+    )

@@ -40,7 +40,7 @@ from .commands.mask import cmd_mask_apply, cmd_mask_fit
 from .commands.models import cmd_models_check, cmd_models_import, cmd_models_list
 from .commands.protect import cmd_protect
 from .output import EXIT_STILL_RECOGNISED
-from .wiring import MAX_GROUP_PHOTOS, compile_cache_dir, file_config
+from .wiring import MAX_GROUP_PHOTOS, cloak_config, compile_cache_dir, file_config, map_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -292,6 +292,21 @@ def _with_protect_options(parser, args: argparse.Namespace, argv: list[str]):
     return again
 
 
+def _print_config(args: argparse.Namespace) -> int:
+    """--print-config: the resolved settings (presets, file, flags, --set) as TOML."""
+    from ..configs.files import dump_config
+
+    print(
+        dump_config(
+            facecloak=cloak_config(args) if hasattr(args, "strength") else None,
+            map_config=map_config(args) if hasattr(args, "preset") else None,
+            header=f"jaxcloak {__version__}: the settings of 'jaxcloak {args.command} ...'",
+        ),
+        end="",
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -300,6 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "protect":
         args = _with_protect_options(parser, args, list(sys.argv[1:] if argv is None else argv))
+    if getattr(args, "print_config", False):
+        return _print_config(args)
     from .. import precision
     from ..runtime import CompileCounter, enable_compile_cache
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -121,11 +119,6 @@ def faithful_region_mask(p: jax.Array, boxes: jax.Array, highpass: jax.Array | N
         h = jnp.clip(p * highpass, -c, c)
         out = out + jnp.floor(h)  # -1 where h < 0, 0 elsewhere (|h| < 1)
     return out
-
-
-def region_area(boxes: np.ndarray) -> int:
-    """Pixels covered by the union of the boxes (for reports)."""
-    return int(math.fsum(np.clip(np.asarray(boxes).sum(0), 0, 1).ravel()))
 
 
 def perceptual_budget(

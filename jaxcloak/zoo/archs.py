@@ -16,12 +16,6 @@ from ..convert.torch import ConversionError, KeyMapEntry, fill_params, key_map, 
 from ..nets import facenet, iresnet, irse, mobilefacenet
 from ..typing import Params
 
-
-def iresnet_key_map(variant: str) -> dict[str, KeyMapEntry]:
-    """The key map of an arcface_torch IResNet variant (see :mod:`jaxcloak.nets.iresnet`)."""
-    return arch_key_map("iresnet", variant)[0]
-
-
 #: Architecture name -> the module of :mod:`jaxcloak.nets` that defines it.
 ARCHS: dict[str, types.ModuleType] = {
     "iresnet": iresnet,

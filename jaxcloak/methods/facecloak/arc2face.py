@@ -148,11 +148,6 @@ def make_sampler(nets: Arc2FaceNets, config: Arc2FaceConfig) -> Callable[..., ja
     return jax.jit(sampler)
 
 
-def to_uint8(images: jax.Array | np.ndarray) -> np.ndarray:
-    """As the reference stores samples: ``uint8(255 x)``, truncating."""
-    return (np.asarray(images) * 255).astype(np.uint8)
-
-
 def load_arc2face(
     arc2face: str | os.PathLike, sd: str | os.PathLike
 ) -> tuple[Arc2FaceNets, Arc2FaceParams]:
