@@ -16,8 +16,9 @@ from test_transfer import one_program_runs
 
 from jaxcloak.convert.onnx import convert
 from jaxcloak.faces.chain import identity_taps
-from jaxcloak.methods.facecloak.attack import _darken, make_cloak
+from jaxcloak.methods.facecloak.attack import make_cloak
 from jaxcloak.methods.facecloak.config import CloakConfig
+from jaxcloak.methods.facecloak.fixed import _darken
 from jaxcloak.objectives import surrogate as sur
 from jaxcloak.optim.attack import neighbourhood_gradient
 
