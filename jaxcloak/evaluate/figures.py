@@ -31,6 +31,7 @@ from matplotlib.patches import Patch
 from PIL import Image
 
 from ..io.atomic import atomic_write
+from .metrics import psnr
 
 __all__ = [
     "DEFAULT_DPI",
@@ -144,11 +145,6 @@ def _downscale(img: np.ndarray, max_side: int, resample: Image.Resampling) -> np
     return np.asarray(Image.fromarray(img).resize(size, resample))
 
 
-def _psnr(clean: np.ndarray, protected: np.ndarray) -> float:
-    mse = float(np.mean((clean.astype(np.float64) - protected.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
-
-
 def _finite(values: Any) -> tuple[np.ndarray, int]:
     """Flatten to float64 and drop NaN / inf; returns the values and how many were dropped."""
     if values is None:
@@ -199,7 +195,7 @@ def image_grid(
         p = _as_rgb_uint8(protected, f"{name}: protected")
         diff = amplified_difference(c, p, amplify)
         change = np.abs(p.astype(np.int16) - c.astype(np.int16))
-        stats = f"max |Δ| = {int(change.max())}, PSNR = {_psnr(c, p):.1f} dB"
+        stats = f"max |Δ| = {int(change.max())}, PSNR = {psnr(c, p):.1f} dB"
         panels.append(
             (
                 f"{name}\n{c.shape[1]}×{c.shape[0]} px",
