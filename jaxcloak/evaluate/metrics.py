@@ -57,6 +57,8 @@ __all__ = [
 #: ``">="``/``">"`` for similarities (higher = same), ``"<="``/``"<"`` for distances.
 SameIf = Literal[">=", ">", "<=", "<"]
 Mode = Literal["dodging", "impersonation"]
+#: An image or mask the pixel metrics read on the host.
+AnyArray = np.ndarray | jax.Array
 
 _COMPARE = {">=": np.greater_equal, ">": np.greater, "<=": np.less_equal, "<": np.less}
 _MODES = ("dodging", "impersonation")
@@ -473,7 +475,7 @@ def same_name_mask(
 # --------------------------------------------------------------------------------------------
 
 
-def _pair_f64(a: np.ndarray | jax.Array, b: np.ndarray | jax.Array) -> tuple[np.ndarray, ...]:
+def _pair_f64(a: AnyArray, b: AnyArray) -> tuple[np.ndarray, ...]:
     a_np, b_np = np.asarray(a), np.asarray(b)
     if a_np.shape != b_np.shape:
         raise ValueError(f"images differ in shape: {a_np.shape} vs {b_np.shape}")
@@ -485,7 +487,7 @@ def _pair_f64(a: np.ndarray | jax.Array, b: np.ndarray | jax.Array) -> tuple[np.
     return a_np.astype(np.float64), b_np.astype(np.float64)
 
 
-def _region(mask: np.ndarray | jax.Array | None, spatial: tuple[int, ...]) -> np.ndarray | None:
+def _region(mask: AnyArray | None, spatial: tuple[int, ...]) -> np.ndarray | None:
     if mask is None:
         return None
     m = np.asarray(mask)
@@ -496,9 +498,7 @@ def _region(mask: np.ndarray | jax.Array | None, spatial: tuple[int, ...]) -> np
     return m
 
 
-def _diff(
-    a: np.ndarray | jax.Array, b: np.ndarray | jax.Array, mask: np.ndarray | jax.Array | None
-) -> np.ndarray:
+def _diff(a: AnyArray, b: AnyArray, mask: AnyArray | None) -> np.ndarray:
     """a - b in float64, flattened; with ``mask`` (H, W) only the selected pixels."""
     x, y = _pair_f64(a, b)
     d = x - y
@@ -508,22 +508,13 @@ def _diff(
     return d[m].reshape(-1)  # (n_pixels, C) -> flat: every channel of the selected pixels
 
 
-def mse(
-    a: np.ndarray | jax.Array,
-    b: np.ndarray | jax.Array,
-    *,
-    mask: np.ndarray | jax.Array | None = None,
-) -> float:
+def mse(a: AnyArray, b: AnyArray, *, mask: AnyArray | None = None) -> float:
     """Mean squared difference in grey levels over all elements (or over a (H, W) region)."""
     return float(np.mean(np.square(_diff(a, b, mask))))
 
 
 def psnr(
-    a: np.ndarray | jax.Array,
-    b: np.ndarray | jax.Array,
-    data_range: float = 255,
-    *,
-    mask: np.ndarray | jax.Array | None = None,
+    a: AnyArray, b: AnyArray, data_range: float = 255, *, mask: AnyArray | None = None
 ) -> float:
     """Peak signal-to-noise ratio, 10·log10(data_range² / MSE) in dB; inf for equal images.
 
@@ -540,22 +531,12 @@ def psnr(
     return float(10.0 * np.log10(float(data_range) ** 2 / err))
 
 
-def linf(
-    a: np.ndarray | jax.Array,
-    b: np.ndarray | jax.Array,
-    *,
-    mask: np.ndarray | jax.Array | None = None,
-) -> float:
+def linf(a: AnyArray, b: AnyArray, *, mask: AnyArray | None = None) -> float:
     """Largest absolute change in grey levels, max |a - b| (FaceCloak's budget is 8)."""
     return float(np.max(np.abs(_diff(a, b, mask))))
 
 
-def l2(
-    a: np.ndarray | jax.Array,
-    b: np.ndarray | jax.Array,
-    *,
-    mask: np.ndarray | jax.Array | None = None,
-) -> float:
+def l2(a: AnyArray, b: AnyArray, *, mask: AnyArray | None = None) -> float:
     """Euclidean norm of the change in grey levels over all elements (AdvCloak's budget: 1200)."""
     return float(np.sqrt(np.sum(np.square(_diff(a, b, mask)))))
 
@@ -566,12 +547,12 @@ _SSIM_PAD = int(_SSIM_TRUNCATE * _SSIM_SIGMA + 0.5)  # 5: filter radius, cropped
 
 
 def ssim(
-    a: np.ndarray | jax.Array,
-    b: np.ndarray | jax.Array,
+    a: AnyArray,
+    b: AnyArray,
     *,
     data_range: float = 255,
     channel_axis: int | None = -1,
-    mask: np.ndarray | jax.Array | None = None,
+    mask: AnyArray | None = None,
 ) -> float:
     """Mean SSIM (Wang et al. 2004) with an 11-tap Gaussian window, sigma 1.5, on float64 data.
 
@@ -632,7 +613,7 @@ def ssim(
     return float(s[inner].mean())
 
 
-def ssim_int8_compat(a: np.ndarray | jax.Array, b: np.ndarray | jax.Array) -> float:
+def ssim_int8_compat(a: AnyArray, b: AnyArray) -> float:
     """FAITHFUL-ONLY: the reference's SSIM on int8-cast images. Not a quality metric.
 
     Why it is wrong: docs/facecloak.md, "Defect: SSIM on int8 arrays".
@@ -648,7 +629,7 @@ def ssim_int8_compat(a: np.ndarray | jax.Array, b: np.ndarray | jax.Array) -> fl
     """
     from skimage.metrics import structural_similarity  # heavy import, only for this path
 
-    def to_int8(z: np.ndarray | jax.Array) -> np.ndarray:
+    def to_int8(z: AnyArray) -> np.ndarray:
         z = np.asarray(z)
         if z.dtype != np.uint8:
             # float -> int8 of values > 127 is undefined in C; go through uint8 to pin the wrap.

@@ -54,7 +54,8 @@ from ..convert.torch import (
     strip_prefix,
 )
 from ..typing import Params
-from .layers import LayerNorm, Linear, host_init, unit_rows
+from .common import Architecture
+from .layers import LayerNorm, Linear, unit_rows
 
 __all__ = [
     "ARC2FACE_PROMPT",
@@ -154,18 +155,6 @@ VARIANTS: dict[str, ClipTextConfig] = {
         intermediate_size=256,
     ),
 }
-
-
-def get_config(variant: str | ClipTextConfig) -> ClipTextConfig:
-    """Look a variant up by name (or pass a config through)."""
-    if isinstance(variant, ClipTextConfig):
-        return variant
-    try:
-        return VARIANTS[variant]
-    except KeyError:
-        raise KeyError(
-            f"unknown CLIP text variant {variant!r}; known: {sorted(VARIANTS)}"
-        ) from None
 
 
 class Embedding(nnx.Module):
@@ -292,33 +281,10 @@ class ClipTextModel(nnx.Module):
         self.text_model = ClipTextTransformer(config, rngs=rngs)
 
 
-def build(variant: str | ClipTextConfig, *, seed: int = 0) -> tuple[nnx.GraphDef, Params]:
-    """Split the text encoder once into its definition and an abstract (shape-only) state.
-
-    Args:
-      variant: a :data:`VARIANTS` name or a config.
-      seed: only affects the discarded initial values.
-
-    Returns:
-      ``(graphdef, abstract_params)``; ``nnx.merge(graphdef, params)`` rebuilds the module.
-    """
-    config = get_config(variant)
-    return nnx.split(nnx.eval_shape(lambda: ClipTextModel(config, rngs=nnx.Rngs(seed))))
-
-
-def init(variant: str | ClipTextConfig, *, seed: int = 0) -> tuple[nnx.GraphDef, Params]:
-    """Like :func:`build` but with concrete random (untrained) params, drawn on the host.
-
-    Embeddings ~ N(0, 0.02^2) (transformers' init), Linear weights ~ N(0, 1 / fan_in),
-    LayerNorm scales 1, biases 0; drawn with NumPy because compiling one JAX draw per leaf is
-    slow on CPU. Call it eagerly.
-
-    Args:
-      variant: a :data:`VARIANTS` name or a config.
-      seed: NumPy seed of the draws.
-    """
-    graphdef, abstract = build(variant)
-    return graphdef, host_init(abstract, seed, embedding_std=0.02)
+ARCH = Architecture(
+    "CLIP text", ClipTextModel, ClipTextConfig, VARIANTS, host_random=True, embedding_std=0.02
+)
+get_config, build, init = ARCH.get_config, ARCH.build, ARCH.init
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,13 +35,11 @@ Typical use (weights are arguments, the network is a definition)::
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -54,11 +52,11 @@ from ..convert.torch import (
     KeyMapEntry,
     fill_params,
     key_map,
-    load_checkpoint,
     strip_prefix,
 )
 from ..typing import Params
-from .layers import Conv2d, GroupNorm, Linear, host_init
+from .common import Architecture, read_diffusers_folder
+from .layers import Conv2d, GroupNorm, Linear
 
 __all__ = [
     "VARIANTS",
@@ -173,16 +171,6 @@ VARIANTS: dict[str, DDPMConfig] = {
         resolution=32,
     ),
 }
-
-
-def get_config(variant: str | DDPMConfig) -> DDPMConfig:
-    """Look a variant up by name (or pass a config through)."""
-    if isinstance(variant, DDPMConfig):
-        return variant
-    try:
-        return VARIANTS[variant]
-    except KeyError:
-        raise KeyError(f"unknown DDPM variant {variant!r}; known: {sorted(VARIANTS)}") from None
 
 
 def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
@@ -434,40 +422,8 @@ class DDPMUNet(nnx.Module):
         return self.conv_out(jax.nn.silu(self.norm_out(h)))
 
 
-def build(variant: str | DDPMConfig, *, seed: int = 0) -> tuple[nnx.GraphDef, Params]:
-    """Split a DDPM UNet once into its definition and an abstract (shape-only) param state.
-
-    ``nnx.eval_shape`` under the hood, so nothing is allocated even for ``celeba_hq``; the
-    abstract state is the target that conversion fills and checks shapes against.
-
-    Args:
-      variant: a :data:`VARIANTS` name or a config.
-      seed: only affects the discarded initial values.
-
-    Returns:
-      ``(graphdef, abstract_params)``; ``nnx.merge(graphdef, params)`` rebuilds the module.
-    """
-    config = get_config(variant)
-    return nnx.split(nnx.eval_shape(lambda: DDPMUNet(config, rngs=nnx.Rngs(seed))))
-
-
-def init(variant: str | DDPMConfig, *, seed: int = 0) -> tuple[nnx.GraphDef, Params]:
-    """Like :func:`build` but with concrete random (untrained) params, drawn on the host.
-
-    Conv kernels ~ N(0, 2 / fan_in) (He), linear weights ~ N(0, 1 / fan_in) (LeCun), GroupNorm
-    scales 1, every bias 0: the distributions of :mod:`.layers`' initialisers, but sampled with
-    NumPy, because compiling ~200 separate JAX random draws takes 10-20 s on CPU. Call it
-    eagerly; under ``jit`` the values would be baked into the program as constants.
-
-    Args:
-      variant: a :data:`VARIANTS` name or a config.
-      seed: NumPy seed of the draws.
-
-    Returns:
-      ``(graphdef, params)`` with :func:`build`'s tree, shapes and dtypes.
-    """
-    graphdef, abstract = build(variant)
-    return graphdef, host_init(abstract, seed)
+ARCH = Architecture("DDPM", DDPMUNet, DDPMConfig, VARIANTS, host_random=True)
+get_config, build, init = ARCH.get_config, ARCH.build, ARCH.init
 
 
 def make_score(variant: str | DDPMConfig) -> ScoreFn:
@@ -522,8 +478,7 @@ def convert_ddpm_state_dict(
     Raises:
       ConversionError: naming every missing, unused or mis-shaped key.
     """
-    _, abstract = build(variant)
-    return fill_params(strip_prefix(state_dict), key_map(abstract), abstract, dtype=dtype)
+    return ARCH.convert(state_dict, variant, dtype=dtype)
 
 
 _RESNET_NAMES = {"temb_proj": "time_emb_proj", "nin_shortcut": "conv_shortcut"}
@@ -717,37 +672,14 @@ def config_from_diffusers(cfg: Mapping[str, Any]) -> DDPMConfig:
 def load_diffusers_folder(
     path: str | os.PathLike[str], *, dtype: jnp.dtype = jnp.float32
 ) -> tuple[DDPMConfig, Params]:
-    """Read a diffusers ``UNet2DModel`` folder (``save_pretrained`` output or a Hub snapshot).
+    """Read a diffusers ``UNet2DModel`` folder, or a pipeline's ``unet/``.
 
-    Looks for ``config.json`` plus ``diffusion_pytorch_model.safetensors`` (or ``.bin``, read
-    with torch, ``weights_only``); a pipeline folder whose ``unet/`` holds them works too.
-
-    Args:
-      path: the folder.
-      dtype: dtype of the returned params.
-
-    Returns:
-      ``(config, params)``; ``make_score(config)`` is the matching noise predictor.
+    Returns ``(config, params)`` (the files :func:`~jaxcloak.nets.common.read_diffusers_folder`
+    looks for); ``make_score(config)`` is the matching noise predictor.
 
     Raises:
       ConversionError: a missing file, a config outside the DDPM layout, or any key problem.
     """
-    root = Path(path)
-    if not (root / "config.json").is_file() and (root / "unet" / "config.json").is_file():
-        root = root / "unet"
-    if not (root / "config.json").is_file():
-        raise ConversionError(f"{root}: no config.json")
-    config = config_from_diffusers(json.loads((root / "config.json").read_text()))
-    weights = root / "diffusion_pytorch_model.safetensors"
-    if weights.is_file():
-        state_dict = load_checkpoint(weights)
-    elif (weights := root / "diffusion_pytorch_model.bin").is_file():
-        try:
-            import torch
-        except ImportError:
-            raise ConversionError(f"{weights}: reading .bin needs torch") from None
-        obj = torch.load(weights, map_location="cpu", weights_only=True)
-        state_dict = {k: v.detach().float().numpy() for k, v in obj.items()}
-    else:
-        raise ConversionError(f"{root}: no diffusion_pytorch_model.safetensors or .bin")
-    return config, convert_diffusers_state_dict(state_dict, config, dtype=dtype)
+    return read_diffusers_folder(
+        path, "unet", config_from_diffusers, convert_diffusers_state_dict, dtype=dtype
+    )

@@ -35,8 +35,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ..typing import Embedding, EmbedFn, Image, Params
-from .layers import BatchNorm, Conv2d, Linear, Pair, max_pool2d, unit_rows
+from ..typing import Image, Params
+from .common import Architecture, StagedNet, face_input
+from .layers import BatchNorm, Conv2d, Linear, Pair, max_pool2d
 
 __all__ = [
     "INPUT_SIZE",
@@ -97,16 +98,6 @@ VARIANTS: dict[str, FaceNetConfig] = {
     # no pretrained weights has no logits.* keys).
     "features": FaceNetConfig(num_classes=None),
 }
-
-
-def get_config(variant: str | FaceNetConfig) -> FaceNetConfig:
-    """Look a variant up by name (or pass a config through)."""
-    if isinstance(variant, FaceNetConfig):
-        return variant
-    try:
-        return VARIANTS[variant]
-    except KeyError:
-        raise KeyError(f"unknown FaceNet variant {variant!r}; known: {sorted(VARIANTS)}") from None
 
 
 class BasicConv2d(nnx.Module):
@@ -267,7 +258,7 @@ class Mixed_7a(nnx.Module):
         return jnp.concatenate(branches, axis=-1)
 
 
-class InceptionResnetV1(nnx.Module):
+class InceptionResnetV1(StagedNet):
     """facenet-pytorch InceptionResnetV1; ``__call__`` returns the raw (un-normalised) ``last_bn``.
 
     ``stem``, ``stage`` and ``head`` expose the pieces so parity can be checked layer by layer;
@@ -277,6 +268,8 @@ class InceptionResnetV1(nnx.Module):
       config: repeat counts and classifier size (see :data:`VARIANTS`).
       rngs: key source for the throwaway initial weights (real ones come from conversion).
     """
+
+    stage_order = STAGES
 
     def __init__(self, config: FaceNetConfig, *, rngs: nnx.Rngs) -> None:
         self.config = config
@@ -321,13 +314,6 @@ class InceptionResnetV1(nnx.Module):
         """
         return self.last_bn(self.last_linear(jnp.mean(x, axis=(1, 2))))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """(N, 160, 160, 3) input already in the network's range -> (N, 512) raw features."""
-        x = self.stem(x)
-        for name in STAGES:
-            x = self.stage(name, x)
-        return self.head(x)
-
     def classify(self, x: jax.Array) -> jax.Array:
         """(N, 160, 160, 3) normalised input -> (N, num_classes) logits (no softmax).
 
@@ -339,26 +325,6 @@ class InceptionResnetV1(nnx.Module):
         return self.logits(self(x))
 
 
-def build(variant: str | FaceNetConfig, *, seed: int = 0) -> tuple[nnx.GraphDef, Params]:
-    """Split an InceptionResnetV1 once into its definition and an abstract (shape-only) state.
-
-    Args:
-      variant: a :data:`VARIANTS` name or a config.
-      seed: only affects the discarded initial values.
-
-    Returns:
-      ``(graphdef, abstract_params)``; ``nnx.merge(graphdef, params)`` rebuilds the module.
-    """
-    config = get_config(variant)
-    model = nnx.eval_shape(lambda: InceptionResnetV1(config, rngs=nnx.Rngs(seed)))
-    return nnx.split(model)
-
-
-def init(variant: str | FaceNetConfig, *, seed: int = 0) -> tuple[nnx.GraphDef, Params]:
-    """Like :func:`build` but with concrete (random, untrained) params; for shape tests."""
-    return nnx.split(InceptionResnetV1(get_config(variant), rngs=nnx.Rngs(seed)))
-
-
 def preprocess(images: Image, input_size: int = INPUT_SIZE[0]) -> jax.Array:
     """facenet-pytorch ``fixed_image_standardization``: RGB [0, 1] -> ``(x * 255 - 127.5) / 128``.
 
@@ -366,33 +332,12 @@ def preprocess(images: Image, input_size: int = INPUT_SIZE[0]) -> jax.Array:
       images: (N, S, S, 3) RGB faces in [0, 1].
       input_size: the expected side S (160 for the released weights).
     """
-    if images.ndim != 4 or images.shape[1:] != (input_size, input_size, 3):
-        raise ValueError(
-            f"FaceNet expects (N, {input_size}, {input_size}, 3) RGB faces, got {images.shape}; "
-            f"resize them to {input_size}x{input_size} first"
-        )
-    return (images * 255.0 - 127.5) / 128.0
+    hint = f"; resize them to {input_size}x{input_size} first"
+    return face_input(images, input_size, "FaceNet", aligned=False, divisor=128.0, hint=hint)
 
 
-def make_embed(variant: str | FaceNetConfig) -> EmbedFn:
-    """The pure :class:`~jaxcloak.typing.EmbedFn` of a variant: closes over structure only.
-
-    Args:
-      variant: a :data:`VARIANTS` name or a config.
-
-    Returns:
-      ``embed(params, images)``: (N, 160, 160, 3) RGB [0, 1] -> (N, 512) unit-norm rows
-      (facenet-pytorch ``classify=False``: ``F.normalize`` of ``last_bn``). Not jitted.
-    """
-    config = get_config(variant)
-    graphdef, _ = build(config)
-
-    def embed(params: Params, images: Image) -> Embedding:
-        raw = nnx.merge(graphdef, params)(preprocess(images, config.input_size))
-        # F.normalize's floor: an all-zero embedding stays finite and differentiable.
-        return unit_rows(raw)
-
-    return embed
+ARCH = Architecture("FaceNet", InceptionResnetV1, FaceNetConfig, VARIANTS, preprocess=preprocess)
+get_config, build, init, make_embed = ARCH.get_config, ARCH.build, ARCH.init, ARCH.make_embed
 
 
 def make_logits(variant: str | FaceNetConfig) -> Callable[[Params, Image], jax.Array]:

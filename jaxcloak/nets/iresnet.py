@@ -27,8 +27,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from ..typing import Embedding, EmbedFn, Image, Params
-from .layers import BatchNorm, Conv2d, Linear, PReLU, unit_rows
+from ..typing import Image
+from .common import Architecture, StagedNet, face_input, stride2_side
+from .layers import BatchNorm, Conv2d, Linear, PReLU
 
 __all__ = [
     "INPUT_SIZE",
@@ -65,10 +66,7 @@ class IResNetConfig:
     @property
     def final_side(self) -> int:
         """Spatial side entering ``fc``: four 3x3/stride-2/pad-1 convolutions."""
-        side = self.input_size
-        for _ in range(4):
-            side = (side - 1) // 2 + 1
-        return side
+        return stride2_side(self.input_size)
 
 
 VARIANTS: dict[str, IResNetConfig] = {
@@ -80,16 +78,6 @@ VARIANTS: dict[str, IResNetConfig] = {
     "r100": IResNetConfig(layers=(3, 13, 30, 3)),
     "r200": IResNetConfig(layers=(6, 26, 60, 6)),
 }
-
-
-def get_config(variant: str | IResNetConfig) -> IResNetConfig:
-    """Look a variant up by name (or pass a config through)."""
-    if isinstance(variant, IResNetConfig):
-        return variant
-    try:
-        return VARIANTS[variant]
-    except KeyError:
-        raise KeyError(f"unknown IResNet variant {variant!r}; known: {sorted(VARIANTS)}") from None
 
 
 class IBasicBlock(nnx.Module):
@@ -122,7 +110,7 @@ class IBasicBlock(nnx.Module):
         return out + identity
 
 
-class IResNet(nnx.Module):
+class IResNet(StagedNet):
     """arcface_torch IResNet; ``__call__`` returns the raw (un-normalised) ``features`` output.
 
     ``stem``, ``stage`` and ``head`` expose the pieces so parity can be checked layer by layer.
@@ -166,36 +154,6 @@ class IResNet(nnx.Module):
         x = x.reshape(x.shape[0], -1)
         return self.features(self.fc(x))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """(N, H, W, 3) input already in the network's range -> (N, num_features) raw features."""
-        x = self.stem(x)
-        for i in range(1, 5):
-            x = self.stage(i, x)
-        return self.head(x)
-
-
-def build(variant: str | IResNetConfig, *, seed: int = 0) -> tuple[nnx.GraphDef, Params]:
-    """Split an IResNet once into its definition and an abstract (shape-only) param state.
-
-    ``jax.eval_shape`` under the hood, so nothing is allocated even for r200; the abstract state
-    is the target that conversion fills and checks shapes against.
-
-    Args:
-      variant: a :data:`VARIANTS` name or a config.
-      seed: only affects the discarded initial values.
-
-    Returns:
-      ``(graphdef, abstract_params)``; ``nnx.merge(graphdef, params)`` rebuilds the module.
-    """
-    config = get_config(variant)
-    model = nnx.eval_shape(lambda: IResNet(config, rngs=nnx.Rngs(seed)))
-    return nnx.split(model)
-
-
-def init(variant: str | IResNetConfig, *, seed: int = 0) -> tuple[nnx.GraphDef, Params]:
-    """Like :func:`build` but with concrete (random, untrained) params; for shape tests."""
-    return nnx.split(IResNet(get_config(variant), rngs=nnx.Rngs(seed)))
-
 
 def preprocess(images: Image, input_size: int = INPUT_SIZE[0]) -> jax.Array:
     """insightface arcface normalisation: RGB [0, 1] -> ``(x * 255 - 127.5) / 127.5``.
@@ -204,32 +162,11 @@ def preprocess(images: Image, input_size: int = INPUT_SIZE[0]) -> jax.Array:
       images: (N, S, S, 3) aligned RGB faces in [0, 1].
       input_size: the expected side S.
     """
-    if images.ndim != 4 or images.shape[1:] != (input_size, input_size, 3):
-        raise ValueError(
-            f"IResNet expects aligned (N, {input_size}, {input_size}, 3) RGB faces, "
-            f"got {images.shape}"
-        )
-    return (images * 255.0 - 127.5) / 127.5
+    return face_input(images, input_size, "IResNet")
 
 
-def make_embed(variant: str | IResNetConfig) -> EmbedFn:
-    """The pure :class:`~jaxcloak.typing.EmbedFn` of a variant: closes over structure only.
-
-    Args:
-      variant: a :data:`VARIANTS` name or a config.
-
-    Returns:
-      ``embed(params, images)``: (N, S, S, 3) RGB [0, 1] -> (N, num_features) unit-norm rows.
-      Not jitted (jit at the edge); merging the graph happens at trace time only.
-    """
-    config = get_config(variant)
-    graphdef, _ = build(config)
-
-    def embed(params: Params, images: Image) -> Embedding:
-        raw = nnx.merge(graphdef, params)(preprocess(images, config.input_size))
-        return unit_rows(raw)
-
-    return embed
+ARCH = Architecture("IResNet", IResNet, IResNetConfig, VARIANTS, preprocess=preprocess)
+get_config, build, init, make_embed = ARCH.get_config, ARCH.build, ARCH.init, ARCH.make_embed
 
 
 def fc_rows_from_torch(channels: int, side: int) -> Callable[[np.ndarray], np.ndarray]:

@@ -38,9 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ..typing import Embedding, EmbedFn, Image, Params
+from ..typing import Image
+from .common import Architecture, StagedNet, face_input, stride2_side
 from .iresnet import fc_rows_from_torch
-from .layers import BatchNorm, Conv2d, Linear, PReLU, max_pool2d, unit_rows
+from .layers import BatchNorm, Conv2d, Linear, PReLU, max_pool2d
 
 __all__ = [
     "INPUT_SIZE",
@@ -100,10 +101,7 @@ class IRSEConfig:
     @property
     def final_side(self) -> int:
         """Spatial side entering ``output_layer``: four stride-2 units (3x3/pad 1 or 1x1)."""
-        side = self.input_size
-        for _ in range(4):
-            side = (side - 1) // 2 + 1
-        return side
+        return stride2_side(self.input_size)
 
     def units(self) -> list[tuple[int, int, int]]:
         """``(in_channel, depth, stride)`` of every ``body`` unit, in order (``get_blocks``)."""
@@ -130,16 +128,6 @@ VARIANTS: dict[str, IRSEConfig] = {
     "irse100": IRSEConfig(layers=STAGE_UNITS[100], mode="ir_se"),
     "irse152": IRSEConfig(layers=STAGE_UNITS[152], mode="ir_se"),
 }
-
-
-def get_config(variant: str | IRSEConfig) -> IRSEConfig:
-    """Look a variant up by name (or pass a config through)."""
-    if isinstance(variant, IRSEConfig):
-        return variant
-    try:
-        return VARIANTS[variant]
-    except KeyError:
-        raise KeyError(f"unknown IR/IR-SE variant {variant!r}; known: {sorted(VARIANTS)}") from None
 
 
 class SEModule(nnx.Module):
@@ -203,7 +191,7 @@ class BottleneckIR(nnx.Module):
         return res + shortcut
 
 
-class Backbone(nnx.Module):
+class Backbone(StagedNet):
     """The IR / IR-SE backbone; ``__call__`` returns the raw (un-normalised) BN1d output.
 
     TreB1eN's ``Backbone.forward`` L2-normalises that output, face.evoLVe's and AMT-GAN's
@@ -256,33 +244,6 @@ class Backbone(nnx.Module):
         x = x.reshape(x.shape[0], -1)  # Dropout is the identity at inference
         return bn1d(fc(x))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """(N, H, W, 3) input already in the network's range -> (N, num_features) raw features."""
-        x = self.stem(x)
-        for i in range(1, 5):
-            x = self.stage(i, x)
-        return self.head(x)
-
-
-def build(variant: str | IRSEConfig, *, seed: int = 0) -> tuple[nnx.GraphDef, Params]:
-    """Split a backbone once into its definition and an abstract (shape-only) param state.
-
-    Args:
-      variant: a :data:`VARIANTS` name or a config.
-      seed: only affects the discarded initial values.
-
-    Returns:
-      ``(graphdef, abstract_params)``; ``nnx.merge(graphdef, params)`` rebuilds the module.
-    """
-    config = get_config(variant)
-    model = nnx.eval_shape(lambda: Backbone(config, rngs=nnx.Rngs(seed)))
-    return nnx.split(model)
-
-
-def init(variant: str | IRSEConfig, *, seed: int = 0) -> tuple[nnx.GraphDef, Params]:
-    """Like :func:`build` but with concrete (random, untrained) params; for shape tests."""
-    return nnx.split(Backbone(get_config(variant), rngs=nnx.Rngs(seed)))
-
 
 def preprocess(images: Image, input_size: int = INPUT_SIZE[0]) -> jax.Array:
     """RGB [0, 1] -> [-1, 1] as ``(x * 255 - 127.5) / 127.5`` (AMT-GAN / DiffAM / FaceCloak).
@@ -294,32 +255,11 @@ def preprocess(images: Image, input_size: int = INPUT_SIZE[0]) -> jax.Array:
       images: (N, S, S, 3) RGB faces in [0, 1].
       input_size: the expected side S.
     """
-    if images.ndim != 4 or images.shape[1:] != (input_size, input_size, 3):
-        raise ValueError(
-            f"IR/IR-SE expects aligned (N, {input_size}, {input_size}, 3) RGB faces, "
-            f"got {images.shape}"
-        )
-    return (images * 255.0 - 127.5) / 127.5
+    return face_input(images, input_size, "IR/IR-SE")
 
 
-def make_embed(variant: str | IRSEConfig) -> EmbedFn:
-    """The pure :class:`~jaxcloak.typing.EmbedFn` of a variant: closes over structure only.
-
-    Args:
-      variant: a :data:`VARIANTS` name or a config.
-
-    Returns:
-      ``embed(params, images)``: (N, S, S, 3) RGB [0, 1] -> (N, num_features) unit-norm rows.
-      Not jitted (jit at the edge); merging the graph happens at trace time only.
-    """
-    config = get_config(variant)
-    graphdef, _ = build(config)
-
-    def embed(params: Params, images: Image) -> Embedding:
-        raw = nnx.merge(graphdef, params)(preprocess(images, config.input_size))
-        return unit_rows(raw)
-
-    return embed
+ARCH = Architecture("IR/IR-SE", Backbone, IRSEConfig, VARIANTS, preprocess=preprocess)
+get_config, build, init, make_embed = ARCH.get_config, ARCH.build, ARCH.init, ARCH.make_embed
 
 
 def torch_overrides(variant: str | IRSEConfig) -> dict[str, Callable[[np.ndarray], np.ndarray]]:

@@ -31,12 +31,14 @@ Typical use (weights are arguments, the network is a definition)::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 from flax import nnx
 
-from ..typing import Embedding, EmbedFn, Image, Params
-from .layers import BatchNorm, Conv2d, Linear, PReLU, unit_rows
+from ..typing import Image
+from .common import Architecture, StagedNet, face_input, stride2_side
+from .layers import BatchNorm, Conv2d, Linear, PReLU
 
 __all__ = [
     "INPUT_SIZE",
@@ -96,10 +98,7 @@ class MobileFaceNetConfig:
     @property
     def final_side(self) -> int:
         """Spatial side entering ``conv_6_dw``: four 3x3/stride-2/pad-1 convolutions."""
-        side = self.input_size
-        for _ in range(4):  # conv1, conv_23, conv_34, conv_45
-            side = (side - 1) // 2 + 1
-        return side
+        return stride2_side(self.input_size)  # conv1, conv_23, conv_34, conv_45
 
 
 VARIANTS: dict[str, MobileFaceNetConfig] = {
@@ -117,18 +116,6 @@ VARIANTS: dict[str, MobileFaceNetConfig] = {
     # AMT-GAN / DiffAM ``irse.MobileFaceNet(512)`` (TreB1eN InsightFace_Pytorch).
     "mobilefacenet": MobileFaceNetConfig(),
 }
-
-
-def get_config(variant: str | MobileFaceNetConfig) -> MobileFaceNetConfig:
-    """Look a variant up by name (or pass a config through)."""
-    if isinstance(variant, MobileFaceNetConfig):
-        return variant
-    try:
-        return VARIANTS[variant]
-    except KeyError:
-        raise KeyError(
-            f"unknown MobileFaceNet variant {variant!r}; known: {sorted(VARIANTS)}"
-        ) from None
 
 
 class LinearBlock(nnx.Module):
@@ -156,22 +143,14 @@ class LinearBlock(nnx.Module):
 
 
 class ConvBlock(LinearBlock):
-    """TreB1eN ``Conv_block``: a :class:`LinearBlock` followed by a per-channel PReLU."""
+    """TreB1eN ``Conv_block``: a :class:`LinearBlock` followed by a per-channel PReLU.
 
-    def __init__(
-        self,
-        in_c: int,
-        out_c: int,
-        kernel: Pair = 1,
-        *,
-        stride: Pair = 1,
-        padding: Pair = 0,
-        groups: int = 1,
-        rngs: nnx.Rngs,
-    ) -> None:
-        super().__init__(
-            in_c, out_c, kernel, stride=stride, padding=padding, groups=groups, rngs=rngs
-        )
+    Takes :class:`LinearBlock`'s arguments (``stride``, ``padding``, ``groups``, ``rngs`` as
+    keywords).
+    """
+
+    def __init__(self, in_c: int, out_c: int, kernel: Pair = 1, **conv: Any) -> None:
+        super().__init__(in_c, out_c, kernel, **conv)
         self.prelu = PReLU(out_c)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -237,7 +216,7 @@ class Residual(nnx.Module):
         return x
 
 
-class MobileFaceNet(nnx.Module):
+class MobileFaceNet(StagedNet):
     """MobileFaceNet; ``__call__`` returns the raw ``bn`` output (torch then applies l2_norm).
 
     ``stem``, ``stage`` and ``head`` expose the pieces so parity can be checked layer by layer.
@@ -246,6 +225,8 @@ class MobileFaceNet(nnx.Module):
       config: widths and depths (see :data:`VARIANTS`).
       rngs: key source for the throwaway initial weights (real ones come from conversion).
     """
+
+    stage_order = STAGES
 
     def __init__(self, config: MobileFaceNetConfig, *, rngs: nnx.Rngs) -> None:
         self.config = config
@@ -292,33 +273,6 @@ class MobileFaceNet(nnx.Module):
             raise ValueError(f"GDC should pool to 1x1, got {x.shape[1:3]}")
         return self.bn(self.linear(x.reshape(x.shape[0], -1)))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """(N, S, S, 3) input already in [-1, 1] -> (N, embedding_size) raw features."""
-        x = self.stem(x)
-        for name in STAGES:
-            x = self.stage(name, x)
-        return self.head(x)
-
-
-def build(variant: str | MobileFaceNetConfig, *, seed: int = 0) -> tuple[nnx.GraphDef, Params]:
-    """Split a MobileFaceNet once into its definition and an abstract (shape-only) param state.
-
-    Args:
-      variant: a :data:`VARIANTS` name or a config.
-      seed: only affects the discarded initial values.
-
-    Returns:
-      ``(graphdef, abstract_params)``; ``nnx.merge(graphdef, params)`` rebuilds the module.
-    """
-    config = get_config(variant)
-    model = nnx.eval_shape(lambda: MobileFaceNet(config, rngs=nnx.Rngs(seed)))
-    return nnx.split(model)
-
-
-def init(variant: str | MobileFaceNetConfig, *, seed: int = 0) -> tuple[nnx.GraphDef, Params]:
-    """Like :func:`build` but with concrete (random, untrained) params; for shape tests."""
-    return nnx.split(MobileFaceNet(get_config(variant), rngs=nnx.Rngs(seed)))
-
 
 def preprocess(images: Image, input_size: int = INPUT_SIZE[0]) -> jax.Array:
     """AMT-GAN/DiffAM input range: RGB [0, 1] -> ``(x * 255 - 127.5) / 127.5`` in [-1, 1].
@@ -329,29 +283,10 @@ def preprocess(images: Image, input_size: int = INPUT_SIZE[0]) -> jax.Array:
       images: (N, S, S, 3) RGB faces in [0, 1].
       input_size: the expected side S.
     """
-    if images.ndim != 4 or images.shape[1:] != (input_size, input_size, 3):
-        raise ValueError(
-            f"MobileFaceNet expects (N, {input_size}, {input_size}, 3) RGB faces, "
-            f"got {images.shape}"
-        )
-    return (images * 255.0 - 127.5) / 127.5
+    return face_input(images, input_size, "MobileFaceNet", aligned=False)
 
 
-def make_embed(variant: str | MobileFaceNetConfig) -> EmbedFn:
-    """The pure :class:`~jaxcloak.typing.EmbedFn` of a variant: closes over structure only.
-
-    Args:
-      variant: a :data:`VARIANTS` name or a config.
-
-    Returns:
-      ``embed(params, images)``: (N, S, S, 3) RGB [0, 1] -> (N, embedding_size) unit-norm rows
-      (torch's ``l2_norm``). Not jitted (jit at the edge).
-    """
-    config = get_config(variant)
-    graphdef, _ = build(config)
-
-    def embed(params: Params, images: Image) -> Embedding:
-        raw = nnx.merge(graphdef, params)(preprocess(images, config.input_size))
-        return unit_rows(raw)
-
-    return embed
+ARCH = Architecture(
+    "MobileFaceNet", MobileFaceNet, MobileFaceNetConfig, VARIANTS, preprocess=preprocess
+)
+get_config, build, init, make_embed = ARCH.get_config, ARCH.build, ARCH.init, ARCH.make_embed

@@ -43,12 +43,10 @@ Typical use (weights are arguments, the network is a definition)::
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -57,13 +55,10 @@ from flax import nnx
 
 from ..convert.torch import (
     ConversionError,
-    fill_params,
-    key_map,
-    load_checkpoint,
-    strip_prefix,
 )
 from ..typing import Params
-from .layers import Conv2d, GroupNorm, LayerNorm, Linear, host_init
+from .common import Architecture, read_diffusers_folder
+from .layers import Conv2d, GroupNorm, LayerNorm, Linear
 
 __all__ = [
     "VARIANTS",
@@ -208,16 +203,6 @@ VARIANTS: dict[str, SDUNetConfig] = {
         norm_num_groups=8,
     ),
 }
-
-
-def get_config(variant: str | SDUNetConfig) -> SDUNetConfig:
-    """Look a variant up by name (or pass a config through)."""
-    if isinstance(variant, SDUNetConfig):
-        return variant
-    try:
-        return VARIANTS[variant]
-    except KeyError:
-        raise KeyError(f"unknown SD UNet variant {variant!r}; known: {sorted(VARIANTS)}") from None
 
 
 def timestep_embedding(
@@ -538,6 +523,50 @@ class TimestepEmbedding(nnx.Module):
         return self.linear_2(jax.nn.silu(self.linear_1(x)))
 
 
+def _resnets(
+    in_widths: list[int],
+    out_channels: int,
+    config: SDUNetConfig,
+    *,
+    scale: float = 1.0,
+    rngs: nnx.Rngs,
+) -> nnx.List:
+    """One ResnetBlock2D per input width, all to ``out_channels``, with the config's norms."""
+    return nnx.List(
+        [
+            ResnetBlock2D(
+                w,
+                out_channels,
+                config.time_embed_dim,
+                groups=config.norm_num_groups,
+                eps=config.norm_eps,
+                output_scale_factor=scale,
+                rngs=rngs,
+            )
+            for w in in_widths
+        ]
+    )
+
+
+def _transformers(
+    channels: int, heads: int, config: SDUNetConfig, count: int, *, rngs: nnx.Rngs
+) -> nnx.List:
+    """``count`` Transformer2DModels at ``channels`` with ``heads`` heads (the config's rest)."""
+    return nnx.List(
+        [
+            Transformer2DModel(
+                channels,
+                heads,
+                config.cross_attention_dim,
+                groups=config.norm_num_groups,
+                num_layers=config.transformer_layers_per_block,
+                rngs=rngs,
+            )
+            for _ in range(count)
+        ]
+    )
+
+
 class _Block(nnx.Module):
     """Shared storage of the four block kinds: ``resnets``, ``attentions`` (empty in the plain
     kinds) and ``downsamplers``/``upsamplers`` (an empty list at the level that has none)."""
@@ -574,32 +603,9 @@ class DownBlock2D(_Block):
         rngs: nnx.Rngs,
     ) -> None:
         c = config
-        self.resnets = nnx.List(
-            [
-                ResnetBlock2D(
-                    in_channels if j == 0 else out_channels,
-                    out_channels,
-                    c.time_embed_dim,
-                    groups=c.norm_num_groups,
-                    eps=c.norm_eps,
-                    rngs=rngs,
-                )
-                for j in range(c.layers_per_block)
-            ]
-        )
-        self.attentions = nnx.List(
-            [
-                Transformer2DModel(
-                    out_channels,
-                    heads,
-                    c.cross_attention_dim,
-                    groups=c.norm_num_groups,
-                    num_layers=c.transformer_layers_per_block,
-                    rngs=rngs,
-                )
-                for _ in range(c.layers_per_block if heads else 0)
-            ]
-        )
+        ins = [in_channels if j == 0 else out_channels for j in range(c.layers_per_block)]
+        self.resnets = _resnets(ins, out_channels, c, rngs=rngs)
+        self.attentions = _transformers(out_channels, heads, c, len(ins) if heads else 0, rngs=rngs)
         self.downsamplers = nnx.List(
             [Downsample2D(out_channels, padding=c.downsample_padding, rngs=rngs)]
             if add_downsample
@@ -652,33 +658,13 @@ class UpBlock2D(_Block):
     ) -> None:
         c = config
         n = c.layers_per_block + 1
-        self.resnets = nnx.List(
-            [
-                ResnetBlock2D(
-                    (prev_output_channel if j == 0 else out_channels)
-                    + (in_channels if j == n - 1 else out_channels),
-                    out_channels,
-                    c.time_embed_dim,
-                    groups=c.norm_num_groups,
-                    eps=c.norm_eps,
-                    rngs=rngs,
-                )
-                for j in range(n)
-            ]
-        )
-        self.attentions = nnx.List(
-            [
-                Transformer2DModel(
-                    out_channels,
-                    heads,
-                    c.cross_attention_dim,
-                    groups=c.norm_num_groups,
-                    num_layers=c.transformer_layers_per_block,
-                    rngs=rngs,
-                )
-                for _ in range(n if heads else 0)
-            ]
-        )
+        ins = [
+            (prev_output_channel if j == 0 else out_channels)
+            + (in_channels if j == n - 1 else out_channels)
+            for j in range(n)
+        ]
+        self.resnets = _resnets(ins, out_channels, c, rngs=rngs)
+        self.attentions = _transformers(out_channels, heads, c, n if heads else 0, rngs=rngs)
         self.upsamplers = nnx.List([Upsample2D(out_channels, rngs=rngs)] if add_upsample else [])
 
     def __call__(
@@ -704,32 +690,9 @@ class UNetMidBlock2DCrossAttn(nnx.Module):
     """resnets.0, then (attentions.k, resnets.k+1) pairs; ``mid_block_scale_factor`` applies."""
 
     def __init__(self, channels: int, config: SDUNetConfig, *, heads: int, rngs: nnx.Rngs) -> None:
-        c = config
-
-        def resnet() -> ResnetBlock2D:
-            return ResnetBlock2D(
-                channels,
-                channels,
-                c.time_embed_dim,
-                groups=c.norm_num_groups,
-                eps=c.norm_eps,
-                output_scale_factor=c.mid_block_scale_factor,
-                rngs=rngs,
-            )
-
-        self.resnets = nnx.List([resnet(), resnet()])
-        self.attentions = nnx.List(
-            [
-                Transformer2DModel(
-                    channels,
-                    heads,
-                    c.cross_attention_dim,
-                    groups=c.norm_num_groups,
-                    num_layers=c.transformer_layers_per_block,
-                    rngs=rngs,
-                )
-            ]
-        )
+        scale = config.mid_block_scale_factor
+        self.resnets = _resnets([channels] * 2, channels, config, scale=scale, rngs=rngs)
+        self.attentions = _transformers(channels, heads, config, 1, rngs=rngs)
 
     def __call__(self, x: jax.Array, temb: jax.Array, context: jax.Array) -> jax.Array:
         x = self.resnets[0](x, temb)
@@ -815,38 +778,8 @@ class SDUNet(nnx.Module):
         return self.conv_out(jax.nn.silu(self.conv_norm_out(x)))
 
 
-def build(variant: str | SDUNetConfig, *, seed: int = 0) -> tuple[nnx.GraphDef, Params]:
-    """Split the UNet once into its definition and an abstract (shape-only) param state.
-
-    ``nnx.eval_shape`` under the hood, so nothing is allocated even for ``sd15``.
-
-    Args:
-      variant: a :data:`VARIANTS` name or a config.
-      seed: only affects the discarded initial values.
-
-    Returns:
-      ``(graphdef, abstract_params)``; ``nnx.merge(graphdef, params)`` rebuilds the module.
-    """
-    config = get_config(variant)
-    return nnx.split(nnx.eval_shape(lambda: SDUNet(config, rngs=nnx.Rngs(seed))))
-
-
-def init(variant: str | SDUNetConfig, *, seed: int = 0) -> tuple[nnx.GraphDef, Params]:
-    """Like :func:`build` but with concrete random (untrained) params, drawn on the host.
-
-    Conv kernels ~ N(0, 2 / fan_in), linear weights ~ N(0, 1 / fan_in), norm scales 1, biases
-    0, sampled with NumPy (hundreds of separate JAX draws would take long to compile on CPU).
-    Call it eagerly.
-
-    Args:
-      variant: a :data:`VARIANTS` name or a config.
-      seed: NumPy seed of the draws.
-
-    Returns:
-      ``(graphdef, params)`` with :func:`build`'s tree, shapes and dtypes.
-    """
-    graphdef, abstract = build(variant)
-    return graphdef, host_init(abstract, seed)
+ARCH = Architecture("SD UNet", SDUNet, SDUNetConfig, VARIANTS, host_random=True)
+get_config, build, init = ARCH.get_config, ARCH.build, ARCH.init
 
 
 def make_unet(variant: str | SDUNetConfig) -> EpsFn:
@@ -912,8 +845,7 @@ def convert_diffusers_state_dict(
     Raises:
       ConversionError: naming every missing, unused or mis-shaped key.
     """
-    _, abstract = build(variant)
-    return fill_params(strip_prefix(state_dict), key_map(abstract), abstract, dtype=dtype)
+    return ARCH.convert(state_dict, variant, dtype=dtype)
 
 
 # diffusers settings we do not implement: name -> the only value (or default) we accept.
@@ -1026,31 +958,14 @@ def config_from_diffusers(cfg: Mapping[str, Any]) -> SDUNetConfig:
 def load_diffusers_folder(
     path: str | os.PathLike[str], *, dtype: jnp.dtype = jnp.float32
 ) -> tuple[SDUNetConfig, Params]:
-    """Read a diffusers ``UNet2DConditionModel`` folder (``save_pretrained`` or a Hub snapshot).
+    """Read a diffusers ``UNet2DConditionModel`` folder, or a pipeline's ``unet/``.
 
-    Looks for ``config.json`` plus ``diffusion_pytorch_model.safetensors`` (or ``.bin``, read
-    with torch, ``weights_only``); a pipeline folder whose ``unet/`` holds them works too.
-
-    Args:
-      path: the folder.
-      dtype: dtype of the returned params.
-
-    Returns:
-      ``(config, params)``; ``make_unet(config)`` is the matching noise predictor.
+    Returns ``(config, params)`` (the files :func:`~jaxcloak.nets.common.read_diffusers_folder`
+    looks for); ``make_unet(config)`` is the matching noise predictor.
 
     Raises:
       ConversionError: a missing file, an unsupported config, or any key problem.
     """
-    root = Path(path)
-    if not (root / "config.json").is_file() and (root / "unet" / "config.json").is_file():
-        root = root / "unet"
-    if not (root / "config.json").is_file():
-        raise ConversionError(f"{root}: no config.json")
-    config = config_from_diffusers(json.loads((root / "config.json").read_text()))
-    weights = root / "diffusion_pytorch_model.safetensors"
-    if not weights.is_file():
-        weights = root / "diffusion_pytorch_model.bin"  # read with torch, weights_only
-        if not weights.is_file():
-            raise ConversionError(f"{root}: no diffusion_pytorch_model.safetensors or .bin")
-    state_dict = load_checkpoint(weights)
-    return config, convert_diffusers_state_dict(state_dict, config, dtype=dtype)
+    return read_diffusers_folder(
+        path, "unet", config_from_diffusers, convert_diffusers_state_dict, dtype=dtype
+    )

@@ -32,21 +32,20 @@ Typical use (weights are arguments, the network is a definition)::
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ..convert.torch import ConversionError, fill_params, key_map, load_checkpoint, strip_prefix
+from ..convert.torch import ConversionError
 from ..typing import Params, PRNGKey
+from .common import Architecture, read_diffusers_folder
 from .ddpm_unet import _undeprecate
-from .layers import Conv2d, GroupNorm, Linear, host_init
+from .layers import Conv2d, GroupNorm, Linear
 
 __all__ = [
     "VARIANTS",
@@ -107,16 +106,6 @@ VARIANTS: dict[str, VAEConfig] = {
     # Not a released model: two levels, one block each, for fast parity tests.
     "tiny": VAEConfig(block_out_channels=(32, 64), layers_per_block=1, sample_size=32),
 }
-
-
-def get_config(variant: str | VAEConfig) -> VAEConfig:
-    """Look a variant up by name (or pass a config through)."""
-    if isinstance(variant, VAEConfig):
-        return variant
-    try:
-        return VARIANTS[variant]
-    except KeyError:
-        raise KeyError(f"unknown VAE variant {variant!r}; known: {sorted(VARIANTS)}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,33 +182,41 @@ class Upsample2D(nnx.Module):
         return self.conv(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
 
 
-class DownEncoderBlock2D(nnx.Module):
+class _ResnetStack(nnx.Module):
+    """``resnets``: ``n`` ResnetBlock2Ds, the first from ``c_in``, all to ``c_out``."""
+
+    def __init__(self, c_in: int, c_out: int, n: int, groups: int, *, rngs: nnx.Rngs):
+        self.resnets = nnx.List(
+            [ResnetBlock2D(c_in if j == 0 else c_out, c_out, groups, rngs=rngs) for j in range(n)]
+        )
+
+    def _resnets(self, x: jax.Array) -> jax.Array:
+        for resnet in self.resnets:
+            x = resnet(x)
+        return x
+
+
+class DownEncoderBlock2D(_ResnetStack):
     """``resnets`` then an optional ``downsamplers.0``."""
 
     def __init__(self, c_in: int, c_out: int, n: int, groups: int, down: bool, *, rngs: nnx.Rngs):
-        self.resnets = nnx.List(
-            [ResnetBlock2D(c_in if j == 0 else c_out, c_out, groups, rngs=rngs) for j in range(n)]
-        )
+        super().__init__(c_in, c_out, n, groups, rngs=rngs)
         self.downsamplers = nnx.List([Downsample2D(c_out, rngs=rngs)]) if down else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        for resnet in self.resnets:
-            x = resnet(x)
+        x = self._resnets(x)
         return x if self.downsamplers is None else self.downsamplers[0](x)
 
 
-class UpDecoderBlock2D(nnx.Module):
+class UpDecoderBlock2D(_ResnetStack):
     """``resnets`` then an optional ``upsamplers.0``."""
 
     def __init__(self, c_in: int, c_out: int, n: int, groups: int, up: bool, *, rngs: nnx.Rngs):
-        self.resnets = nnx.List(
-            [ResnetBlock2D(c_in if j == 0 else c_out, c_out, groups, rngs=rngs) for j in range(n)]
-        )
+        super().__init__(c_in, c_out, n, groups, rngs=rngs)
         self.upsamplers = nnx.List([Upsample2D(c_out, rngs=rngs)]) if up else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        for resnet in self.resnets:
-            x = resnet(x)
+        x = self._resnets(x)
         return x if self.upsamplers is None else self.upsamplers[0](x)
 
 
@@ -397,29 +394,8 @@ def make_vae(variant: str | VAEConfig) -> VAEFns:
     return VAEFns(config, encode, decode)
 
 
-def build(variant: str | VAEConfig, *, seed: int = 0) -> tuple[nnx.GraphDef, Params]:
-    """Split the VAE once into its definition and an abstract (shape-only) param state.
-
-    Args:
-      variant: a :data:`VARIANTS` name or a config.
-      seed: only affects the discarded initial values.
-
-    Returns:
-      ``(graphdef, abstract_params)``; ``nnx.merge(graphdef, params)`` rebuilds the module.
-    """
-    config = get_config(variant)
-    return nnx.split(nnx.eval_shape(lambda: AutoencoderKL(config, rngs=nnx.Rngs(seed))))
-
-
-def init(variant: str | VAEConfig, *, seed: int = 0) -> tuple[nnx.GraphDef, Params]:
-    """Like :func:`build` but with concrete random (untrained) params drawn with NumPy.
-
-    Kernels ~ N(0, 2 / fan_in) for convs and N(0, 1 / fan_in) for linears, GroupNorm scales 1,
-    biases 0 (as :func:`jaxcloak.nets.ddpm_unet.init`; host draws avoid compiling hundreds of
-    JAX random calls). Call eagerly.
-    """
-    graphdef, abstract = build(variant)
-    return graphdef, host_init(abstract, seed)
+ARCH = Architecture("VAE", AutoencoderKL, VAEConfig, VARIANTS, host_random=True)
+get_config, build, init = ARCH.get_config, ARCH.build, ARCH.init
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,9 +422,7 @@ def convert_diffusers_state_dict(
     Raises:
       ConversionError: naming every missing, unused or mis-shaped key.
     """
-    _, abstract = build(variant)
-    state_dict = _undeprecate(strip_prefix(state_dict))
-    return fill_params(state_dict, key_map(abstract), abstract, dtype=dtype)
+    return ARCH.convert(state_dict, variant, dtype=dtype, rename=_undeprecate)
 
 
 def config_from_diffusers(cfg: Mapping[str, Any]) -> VAEConfig:
@@ -515,27 +489,14 @@ def config_from_diffusers(cfg: Mapping[str, Any]) -> VAEConfig:
 def load_diffusers_folder(
     path: str | os.PathLike[str], *, dtype: jnp.dtype = jnp.float32
 ) -> tuple[VAEConfig, Params]:
-    """Read a diffusers ``AutoencoderKL`` folder (``save_pretrained`` output or a Hub snapshot).
+    """Read a diffusers ``AutoencoderKL`` folder, or a pipeline's ``vae/``.
 
-    Looks for ``config.json`` plus ``diffusion_pytorch_model.safetensors`` (or ``.bin``, read
-    with torch, ``weights_only``); a pipeline folder whose ``vae/`` holds them works too.
-
-    Returns:
-      ``(config, params)``; ``make_vae(config)`` gives the matching functions.
+    Returns ``(config, params)`` (the files :func:`~jaxcloak.nets.common.read_diffusers_folder`
+    looks for); ``make_vae(config)`` gives the matching functions.
 
     Raises:
       ConversionError: a missing file, an unsupported config, or any key problem.
     """
-    root = Path(path)
-    if not (root / "config.json").is_file() and (root / "vae" / "config.json").is_file():
-        root = root / "vae"
-    if not (root / "config.json").is_file():
-        raise ConversionError(f"{root}: no config.json")
-    config = config_from_diffusers(json.loads((root / "config.json").read_text()))
-    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
-        if (root / name).is_file():
-            state_dict = load_checkpoint(root / name)
-            break
-    else:
-        raise ConversionError(f"{root}: no diffusion_pytorch_model.safetensors or .bin")
-    return config, convert_diffusers_state_dict(state_dict, config, dtype=dtype)
+    return read_diffusers_folder(
+        path, "vae", config_from_diffusers, convert_diffusers_state_dict, dtype=dtype
+    )

@@ -607,6 +607,31 @@ def conv_channel_last(node: Node, x: jax.Array, w: Value, b: Value = None) -> ja
     return y if b is None else y + b
 
 
+def _conv_nchw(
+    x: Value,
+    w: Value,
+    b: Value,
+    *,
+    strides: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int],
+    groups: int,
+) -> Value:
+    """``lax.conv_general_dilated`` on channel-first operands, then the optional bias ``b``."""
+    y = lax.conv_general_dilated(
+        x,
+        w,
+        window_strides=strides,
+        padding=padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=_conv_dims(x.ndim - 2),
+        feature_group_count=groups,
+    )
+    return y if b is None else y + _bcast_channel(b, y.ndim)
+
+
 @op("Conv")
 def conv(node: Node, x: Value, w: Value, b: Value = None) -> Value:
     n = x.ndim - 2
@@ -614,16 +639,7 @@ def conv(node: Node, x: Value, w: Value, b: Value = None) -> Value:
         y = conv_channel_last(node, jnp.transpose(x, (0, 2, 3, 1)), w, b)
         return jnp.transpose(y, (0, 3, 1, 2))
     _, strides, dil, pads, g = _conv_geometry(node, x.shape[2:], w)
-    y = lax.conv_general_dilated(
-        x,
-        w,
-        window_strides=strides,
-        padding=pads,
-        rhs_dilation=dil,
-        dimension_numbers=_conv_dims(n),
-        feature_group_count=g,
-    )
-    return y if b is None else y + _bcast_channel(b, y.ndim)
+    return _conv_nchw(x, w, b, strides=strides, padding=pads, rhs_dilation=dil, groups=g)
 
 
 @op("ConvTranspose")
@@ -670,17 +686,16 @@ def conv_transpose(node: Node, x: Value, w: Value, b: Value = None) -> Value:
         (ek - 1 - lo, ek - 1 - hi + op_)
         for ek, (lo, hi), op_ in zip(eff_k, pads, out_pad, strict=True)
     ]
-    y = lax.conv_general_dilated(
+    return _conv_nchw(
         x,
         wk,
-        window_strides=[1] * n,
+        b,
+        strides=[1] * n,
         padding=conv_pads,
         lhs_dilation=strides,
         rhs_dilation=dil,
-        dimension_numbers=_conv_dims(n),
-        feature_group_count=g,
+        groups=g,
     )
-    return y if b is None else y + _bcast_channel(b, y.ndim)
 
 
 def _pool_geometry(
