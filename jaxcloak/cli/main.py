@@ -40,7 +40,14 @@ from .commands.mask import cmd_mask_apply, cmd_mask_fit
 from .commands.models import cmd_models_check, cmd_models_import, cmd_models_list
 from .commands.protect import cmd_protect
 from .output import EXIT_STILL_RECOGNISED
-from .wiring import MAX_GROUP_PHOTOS, cloak_config, compile_cache_dir, file_config, map_config
+from .wiring import (
+    MAX_GROUP_PHOTOS,
+    cloak_config,
+    compile_cache_dir,
+    config_errors,
+    file_config,
+    map_config,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,13 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _with_protect_options(parser, args: argparse.Namespace, argv: list[str]):
     """Parse again with the options of --config's [protect] table right after the command
     (so argparse checks them and the user's own flags win) and --set protect.* at the end."""
-    from ..configs.files import ConfigError, as_argv, parse_sets, protect_options
+    from ..configs.files import as_argv, parse_sets, protect_options
 
-    try:
+    with config_errors():
         options = protect_options(file_config(args))
         sets = parse_sets(args.set)["protect"]
-    except ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
     if not options and not sets:
         return args
     at = argv.index("protect") + 1

@@ -4,6 +4,7 @@ MAP configs."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,11 +24,23 @@ def precision_policy(args: argparse.Namespace):
     return args._precision
 
 
-def cloak_config(args: argparse.Namespace):
-    """The CloakConfig of a run: preset < --config [facecloak] < flags < --set facecloak.*."""
-    from ..configs.files import ConfigError, resolve_facecloak
+@contextlib.contextmanager
+def config_errors(prefix: str = ""):
+    """A settings error (unknown key, wrong type, unreadable file) ends the run with its
+    message, like a bad flag."""
+    from ..configs.files import ConfigError
 
     try:
+        yield
+    except ConfigError as e:
+        raise SystemExit(f"error: {prefix}{e}") from None
+
+
+def cloak_config(args: argparse.Namespace):
+    """The CloakConfig of a run: preset < --config [facecloak] < flags < --set facecloak.*."""
+    from ..configs.files import resolve_facecloak
+
+    with config_errors():
         return resolve_facecloak(
             file_config(args),
             args.set,
@@ -36,8 +49,6 @@ def cloak_config(args: argparse.Namespace):
             strength=None if args.mode == "faithful" else args.strength,
             explicit={"eps_levels": args.eps, "iterations": args.steps, "eot": args.eot or None},
         )
-    except ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
 
 
 def make_cloaker(args: argparse.Namespace, extra_photos: np.ndarray | None = None):
@@ -145,9 +156,9 @@ def chosen_face(path: Path, faces, min_face: float, rotations: str = "auto"):
 
 def map_config(args: argparse.Namespace):
     """The MapConfig of a run: preset < --config [map] < flags < --set map.*."""
-    from ..configs.files import ConfigError, resolve_map
+    from ..configs.files import resolve_map
 
-    try:
+    with config_errors():
         return resolve_map(
             file_config(args),
             args.set,
@@ -155,19 +166,15 @@ def map_config(args: argparse.Namespace):
             explicit={"steps": args.map_steps, "projection": args.projection, "t0": args.t0},
             default_preset="paper" if args.score_net else "demo",
         )
-    except ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
 
 
 def file_config(args: argparse.Namespace) -> dict | None:
     """The --config file, read and checked once per run (None without one)."""
     if not hasattr(args, "_file_config"):
-        from ..configs.files import ConfigError, load_config
+        from ..configs.files import load_config
 
-        try:
+        with config_errors("--config "):
             args._file_config = load_config(args.config) if args.config else None
-        except ConfigError as e:
-            raise SystemExit(f"error: --config {e}") from None
     return args._file_config
 
 
