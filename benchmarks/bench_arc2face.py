@@ -56,6 +56,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
+# the PyTorch references the tests share
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from timing import environment, time_calls
 from torch_reference.sd_twins import SD15_DPM_SCHEDULER, arc2face_twins, unet_kwargs, vae_kwargs
 

@@ -25,6 +25,8 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, os.path.dirname(__file__))
+# the PyTorch references the tests share
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from timing import compile_jax, environment, time_calls
 
 from jaxcloak import precision

@@ -61,7 +61,7 @@ class Net:
 
 def _iresnet(variant: str) -> Callable[[], torch.nn.Module]:
     def make() -> torch.nn.Module:
-        from reference_nets import IResNet
+        from torch_reference.nets import IResNet
 
         from jaxcloak.nets import iresnet
 
@@ -78,7 +78,7 @@ def _iresnet(variant: str) -> Callable[[], torch.nn.Module]:
 
 def _irse(variant: str) -> Callable[[], torch.nn.Module]:
     def make() -> torch.nn.Module:
-        from reference_irse import Backbone
+        from torch_reference.irse import Backbone
 
         from jaxcloak.nets import irse
 
@@ -96,13 +96,13 @@ def _irse(variant: str) -> Callable[[], torch.nn.Module]:
 
 
 def _mobilefacenet() -> torch.nn.Module:
-    from reference_mobilefacenet import MobileFaceNet
+    from torch_reference.mobilefacenet import MobileFaceNet
 
     return MobileFaceNet(512)
 
 
 def _facenet() -> torch.nn.Module:
-    from reference_facenet import InceptionResnetV1
+    from torch_reference.facenet import InceptionResnetV1
 
     return InceptionResnetV1(num_classes=8631)
 
@@ -119,8 +119,7 @@ DEFAULT_NETS = ("r50", "ir152", "irse50", "mobile_face", "facenet")
 
 
 def _torch_model(net: Net, seed: int) -> torch.nn.Module:
-    sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-    from reference_nets import randomise_
+    from torch_reference.nets import randomise_
 
     torch.manual_seed(seed)
     model = net.make_torch()

@@ -53,7 +53,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))  # reference_irse, reference_ddpm
+sys.path.insert(0, str(HERE.parent / "tests"))  # torch_reference: the PyTorch baselines
 
 PASSES = 10  # the shipped afog_cloak_multi schedule: 10 passes over 9 views = 90 steps
 N_VIEWS = 9
@@ -112,10 +112,10 @@ def _face_crops():
 
 
 def _ir50_torch(requires_grad: bool):
-    """The IR-50 of AdvCloak/AMT-GAN (tests/reference_irse.py) with seeded random weights."""
+    """The IR-50 of AdvCloak/AMT-GAN (tests/torch_reference/irse.py) with seeded random weights."""
     import torch
     from bench_nets import _irse
-    from reference_nets import randomise_
+    from torch_reference.nets import randomise_
 
     torch.manual_seed(0)
     net = randomise_(_irse("ir50")(), seed=1).eval()

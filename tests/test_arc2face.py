@@ -10,8 +10,6 @@ sides, so the comparison isolates the UNet, classifier-free guidance, the solver
 from __future__ import annotations
 
 import dataclasses
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +20,6 @@ diffusers = pytest.importorskip("diffusers")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from test_sd_vae import TINY_DIFFUSERS  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from torch_reference.sd_twins import SD15_DPM_SCHEDULER, arc2face_twins, unet_kwargs  # noqa: E402
 
 from jaxcloak.diffusion.dpm_solver import make_dpm_solver  # noqa: E402

@@ -24,7 +24,7 @@ ort = pytest.importorskip("onnxruntime")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import onnx  # noqa: E402
-from reference_nets import NET_NAMES, build_net, export_onnx  # noqa: E402
+from torch_reference.nets import NET_NAMES, build_net, export_onnx  # noqa: E402
 
 from jaxcloak.convert.onnx import convert  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Native models in the registry: `models import`, load(), list/check, thresholds.
 
-The checkpoint is a seeded random reference IResNet (tests/reference_nets.py) with the real
+The checkpoint is a seeded random reference IResNet (tests/torch_reference/nets.py) with the real
 arcface_torch key names; parity of the port itself is tests/test_nets_iresnet.py's job, here
 the registry must give the same embedding as torch for what it imported.
 """
@@ -15,8 +15,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import jax  # noqa: E402
-from reference_nets import IResNet as TorchIResNet  # noqa: E402
-from reference_nets import randomise_  # noqa: E402
+from torch_reference.nets import IResNet as TorchIResNet  # noqa: E402
+from torch_reference.nets import randomise_  # noqa: E402
 
 from jaxcloak.cli.main import main  # noqa: E402
 from jaxcloak.convert.torch import ConversionError  # noqa: E402
@@ -138,7 +138,7 @@ def test_cli_import_list_check(tiny_pth, capsys):
 
 def test_facenet_import_resizes_aligned_faces_to_160(tmp_path):
     """A custom-named FaceNet import takes 112 faces and resizes them like torch's bilinear."""
-    from reference_facenet import InceptionResnetV1
+    from torch_reference.facenet import InceptionResnetV1
 
     from jaxcloak.nets import facenet
 

@@ -29,8 +29,8 @@ torch = pytest.importorskip("torch")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
-from reference_ddpm import DDPM as TorchDDPM  # noqa: E402
-from reference_ddpm import (  # noqa: E402
+from torch_reference.ddpm import DDPM as TorchDDPM  # noqa: E402
+from torch_reference.ddpm import (  # noqa: E402
     get_timestep_embedding,
     randomise_,
     torch_kwargs,

@@ -29,8 +29,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from flax import nnx  # noqa: E402
-from reference_facenet import InceptionResnetV1 as TorchFaceNet  # noqa: E402
-from reference_nets import randomise_  # noqa: E402
+from torch_reference.facenet import InceptionResnetV1 as TorchFaceNet  # noqa: E402
+from torch_reference.nets import randomise_  # noqa: E402
 
 from jaxcloak.convert.torch import ConversionError  # noqa: E402
 from jaxcloak.nets import facenet  # noqa: E402

@@ -25,8 +25,8 @@ torch = pytest.importorskip("torch")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
-from reference_nets import IResNet as TorchIResNet  # noqa: E402
-from reference_nets import randomise_  # noqa: E402
+from torch_reference.nets import IResNet as TorchIResNet  # noqa: E402
+from torch_reference.nets import randomise_  # noqa: E402
 
 from jaxcloak.convert.torch import ConversionError, load_checkpoint  # noqa: E402
 from jaxcloak.nets import iresnet  # noqa: E402
@@ -243,7 +243,7 @@ def test_build_is_abstract_and_matches_init() -> None:
 
 def test_onnx_export_path_agrees_with_native_port(tmp_path: Path) -> None:
     """torch reference -> ONNX -> jaxcloak's ONNX converter gives the native port's embedding."""
-    from reference_nets import export_onnx
+    from torch_reference.nets import export_onnx
 
     from jaxcloak.convert.onnx import convert
 

@@ -23,9 +23,9 @@ torch = pytest.importorskip("torch")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
-from reference_irse import Backbone as TorchBackbone  # noqa: E402
-from reference_irse import bottleneck_IR, bottleneck_IR_SE, l2_norm  # noqa: E402
-from reference_nets import randomise_  # noqa: E402
+from torch_reference.irse import Backbone as TorchBackbone  # noqa: E402
+from torch_reference.irse import bottleneck_IR, bottleneck_IR_SE, l2_norm  # noqa: E402
+from torch_reference.nets import randomise_  # noqa: E402
 
 from jaxcloak.convert.torch import ConversionError, key_map  # noqa: E402
 from jaxcloak.nets import irse  # noqa: E402

@@ -27,8 +27,8 @@ torch = pytest.importorskip("torch")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
-from reference_mobilefacenet import MobileFaceNet as TorchMobileFaceNet  # noqa: E402
-from reference_nets import randomise_  # noqa: E402
+from torch_reference.mobilefacenet import MobileFaceNet as TorchMobileFaceNet  # noqa: E402
+from torch_reference.nets import randomise_  # noqa: E402
 
 from jaxcloak.convert.torch import ConversionError  # noqa: E402
 from jaxcloak.nets import mobilefacenet  # noqa: E402
@@ -174,7 +174,7 @@ def test_whole_net_parity(converted: tuple[str, torch.nn.Module, Any]) -> None:
 def test_onnx_conversion_agrees_with_native_port(tmp_path: Path) -> None:
     """The full torch net exported to ONNX and converted matches the native Flax port."""
     pytest.importorskip("onnx")
-    from reference_nets import export_onnx
+    from torch_reference.nets import export_onnx
 
     from jaxcloak.convert.onnx import convert
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,6 @@ diffusers = pytest.importorskip("diffusers")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from torch_reference.sd_twins import unet_kwargs  # noqa: E402
 
 from jaxcloak.convert.torch import ConversionError  # noqa: E402

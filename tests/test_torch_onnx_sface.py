@@ -1,4 +1,4 @@
-"""benchmarks/torch_reference/onnx_torch.py: SFace in torch against jaxcloak's SFace in JAX.
+"""tests/torch_reference/onnx_torch.py: SFace in torch against jaxcloak's SFace in JAX.
 
 Tolerances: per face (real crops and random pixels), cosine(torch, JAX) >= 0.99999 and
 max |torch - JAX| <= 1e-4 on the unit-norm embeddings; per face, the input gradient of
@@ -8,9 +8,6 @@ converter to max |diff| <= 1e-5 of its largest output entry.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +19,6 @@ import jax.numpy as jnp  # noqa: E402
 import onnx  # noqa: E402
 from onnx import TensorProto, numpy_helper  # noqa: E402
 from onnx import helper as oh  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from torch_reference.onnx_torch import OnnxTorch, sface_torch  # noqa: E402
 
 from jaxcloak.convert.onnx.graph import convert  # noqa: E402

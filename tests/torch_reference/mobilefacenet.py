@@ -6,7 +6,7 @@ original's, so the state-dict keys are exactly those of the released checkpoints
 change: :class:`MobileFaceNet` takes its widths, expanded widths and block counts as keyword
 arguments (defaulting to the original numbers) so tests can build a narrow variant.
 
-Unlike ``reference_nets.MobileFaceNet`` (a generalised cousin for the ONNX tests, with a grouped
+Unlike ``.nets.MobileFaceNet`` (a generalised cousin for the ONNX tests, with a grouped
 ``conv_6_sep`` and different expansions) this one is the original layout.
 """
 

@@ -59,10 +59,8 @@ and fer embedders take jaxcloak's NHWC RGB [0, 1] (``onnx_torch.sface_torch``,
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -97,21 +95,11 @@ EmbedTorch = Callable[[torch.Tensor], torch.Tensor]
 # --------------------------------------------------------------------------- shared weights
 
 
-def _reference_ddpm():
-    """``tests/reference_ddpm.py``: DiffusionCLIP's DDPM UNet with the real key names."""
-    tests = str(Path(__file__).resolve().parents[2] / "tests")
-    if tests not in sys.path:
-        sys.path.insert(0, tests)
-    import reference_ddpm
-
-    return reference_ddpm
-
-
 class SharedScoreNet(NamedTuple):
     """One score network on both sides, identical weights.
 
     Attributes:
-      torch_net: ``reference_ddpm.DDPM`` (NCHW), eval mode, parameters requiring gradients.
+      torch_net: ``torch_reference.ddpm.DDPM`` (NCHW), eval mode, parameters requiring gradients.
       params: the same weights as jaxcloak Flax params (``convert_ddpm_state_dict``).
       eps_fn: jaxcloak's pure ``eps_fn(params, x, t)`` for the variant (NHWC).
       config: the ``DDPMConfig``.
@@ -142,7 +130,8 @@ def shared_score_net(
     from jaxcloak.nets import ddpm_unet
 
     cfg = ddpm_unet.get_config(variant)
-    ref = _reference_ddpm()
+    from . import ddpm as ref  # DiffusionCLIP's DDPM UNet with the real key names
+
     torch.manual_seed(seed)
     net = ref.DDPM(**ref.torch_kwargs(cfg)).eval()
     if zero_out:
@@ -523,7 +512,7 @@ def make_torch_map_step(
     """The torch MAP step on ``score_net`` (fine-tuned in place); call ``.step(...)``.
 
     Args:
-      score_net: ``reference_ddpm.DDPM`` (``forward(x NCHW, t (B,) float) -> eps``), e.g.
+      score_net: ``torch_reference.ddpm.DDPM`` (``forward(x NCHW, t (B,) float) -> eps``), e.g.
         :func:`shared_score_net`'s ``torch_net``.
       surrogates: the FR ensemble: :class:`Surrogate` s, ``(embed, weight)`` or
         ``(module, embed, weight)`` (``onnx_torch.sface_torch()`` returns ``(module,
