@@ -17,7 +17,8 @@ from PIL import Image
 
 from jaxcloak.faces.samples import synthetic_photos
 from jaxcloak.io import read_image
-from jaxcloak.pipelines.stream import _read_jsonl, mask_name
+from jaxcloak.pipelines.inputs import face_identity, photo_identity
+from jaxcloak.pipelines.records import read_log
 from jaxcloak.runtime import init_distributed, process_share
 
 N_PHOTOS = 10  # enough after the first batch that a kill lands mid-run
@@ -226,13 +227,13 @@ def test_manifest_log_survives_a_torn_last_line(tmp_path):
     log.write_text(
         json.dumps({"run": run}) + "\n" + json.dumps({"photo": rec}) + '\n{"photo": {"inp'
     )
-    assert _read_jsonl(log, run) == {"a.jpg": rec}
-    assert _read_jsonl(log, {**run, "seed": 1}) == {}  # other settings: start over
+    assert read_log(log, run) == {"a.jpg": rec}
+    assert read_log(log, {**run, "seed": 1}) == {}  # other settings: start over
     log.write_text(json.dumps({"run": run}) + "\ngarbage\n" + json.dumps({"photo": rec}) + "\n")
     with pytest.raises(ValueError, match=r"m\.jsonl:2: corrupt"):
-        _read_jsonl(log, run)
+        read_log(log, run)
 
 
 def test_mask_names_are_stable_and_unique_per_face():
-    assert mask_name(Path("a/b c.jpg"), 0, 1) == "a__b_c"
-    assert mask_name(Path("a/b c.jpg"), 1, 2) == "a__b_c-face1"
+    assert face_identity(photo_identity(Path("a/b c.jpg")), 0, 1) == "a__b_c"
+    assert face_identity(photo_identity(Path("a/b c.jpg")), 1, 2) == "a__b_c-face1"

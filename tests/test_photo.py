@@ -163,7 +163,7 @@ def test_a_user_box_outside_the_photo_is_not_protected(blank):
 def test_folder_scan_names_what_it_skips(tmp_path):
     import os
 
-    from jaxcloak.pipelines.bulk import collect_inputs
+    from jaxcloak.pipelines.inputs import collect_inputs
 
     _save(tmp_path / "a.png", np.zeros((8, 8, 3), np.uint8))
     (tmp_path / "b.gif").write_bytes(b"GIF89a")

@@ -26,7 +26,8 @@ from jaxcloak.methods.facecloak.anchors import builtin_pool
 from jaxcloak.methods.facecloak.cloaker import Cloaker
 from jaxcloak.methods.facecloak.masks import MaskFileError, load_mask, save_mask
 from jaxcloak.methods.facecloak.views import make_view_generator
-from jaxcloak.pipelines.bulk import group_identities, protect_files
+from jaxcloak.pipelines.engine import protect
+from jaxcloak.pipelines.inputs import group_identities
 from jaxcloak.zoo.embed import embed_faces
 from jaxcloak.zoo.registry import load
 
@@ -245,9 +246,9 @@ def cheap(rec):
 
 def test_same_seed_same_bits_different_seed_different_mask(astronaut_file, tmp_path, rec, cheap):
     c0 = cheap
-    a = protect_files([astronaut_file], tmp_path / "a", c0)
-    b = protect_files([astronaut_file], tmp_path / "b", c0, resume=False)
-    c = protect_files([astronaut_file], tmp_path / "c", _cheap(rec, seed=1))
+    a = protect([astronaut_file], tmp_path / "a", c0)
+    b = protect([astronaut_file], tmp_path / "b", c0, resume=False)
+    c = protect([astronaut_file], tmp_path / "c", _cheap(rec, seed=1))
     assert _sha(Path(a.records[0].output)) == _sha(Path(b.records[0].output))
     ma, mb, mc = (load_mask(s.masks["person"]).delta for s in (a, b, c))
     np.testing.assert_array_equal(ma, mb)
@@ -259,7 +260,7 @@ def test_batch_keeps_going_past_bad_files(astronaut_file, tmp_path, cheap):
     Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(tmp_path / "wall.png")
     files = [tmp_path / "bad.jpg", astronaut_file, tmp_path / "wall.png"]
     before = {f: _sha(f) for f in files}
-    summary = protect_files(files, tmp_path / "out", cheap, identity="per-file")
+    summary = protect(files, tmp_path / "out", cheap, identity="per-file")
     status = {Path(r.input).name: r.status for r in summary.records}
     assert status == {"bad.jpg": "failed", "astronaut.png": "protected", "wall.png": "no-face"}
     failed = dict(summary.failed)
@@ -491,8 +492,7 @@ def test_eval_explicit_pairs_and_impersonation_target(astronaut_file, tmp_path, 
 
 
 def test_stream_keeps_going_past_bad_files_and_logs_each_photo(astronaut_file, tmp_path, cheap):
-    from jaxcloak.pipelines.bulk import common_root
-    from jaxcloak.pipelines.stream import protect_stream
+    from jaxcloak.pipelines.inputs import common_root
 
     (tmp_path / "bad.jpg").write_text("not a photo")
     Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(tmp_path / "wall.png")
@@ -501,9 +501,14 @@ def test_stream_keeps_going_past_bad_files_and_logs_each_photo(astronaut_file, t
     out = tmp_path / "out"
     root = common_root(files)
     with pytest.raises(ValueError, match="not inside the job's root folder"):
-        protect_stream(files, out, cheap, root=tmp_path)
-    summary = protect_stream(
-        files, out, cheap, root=root, progress=lambda d, t, p: seen.append((d, t))
+        protect(files, out, cheap, identity="per-file", root=tmp_path)
+    summary = protect(
+        files,
+        out,
+        cheap,
+        identity="per-file",
+        root=root,
+        progress=lambda d, t, p: seen.append((d, t)),
     )
     status = {Path(r.input).name: r.status for r in summary.records}
     assert status == {"bad.jpg": "failed", "astronaut.png": "protected", "wall.png": "no-face"}
@@ -517,7 +522,7 @@ def test_stream_keeps_going_past_bad_files_and_logs_each_photo(astronaut_file, t
     final = json.loads((out / "manifest.json").read_text())
     assert [p["status"] for p in final["photos"]] == ["failed", "protected", "no-face"]
     assert 0 < final["seconds"]["device_busy"] <= final["seconds"]["total"]
-    again = protect_stream(files, out, cheap, root=root)
+    again = protect(files, out, cheap, identity="per-file", root=root)
     assert [r.status for r in again.records] == ["failed", "up-to-date", "no-face"]
 
 
@@ -525,7 +530,6 @@ def test_stream_with_many_threads_equals_one_thread(tmp_path, rec):
     # Same-size photos through 4 readers and 4 writers: detection used to share one OpenCV
     # object between threads, which failed photos and shifted boxes at random.
     from jaxcloak.faces.samples import synthetic_photos
-    from jaxcloak.pipelines.stream import protect_stream
 
     src = tmp_path / "in"
     src.mkdir()
@@ -542,10 +546,11 @@ def test_stream_with_many_threads_equals_one_thread(tmp_path, rec):
     )
 
     def run(out: str, threads: int):
-        summary = protect_stream(
+        summary = protect(
             files,
             tmp_path / out,
             cloaker,
+            identity="per-file",
             root=src,
             readers=threads,
             writers=threads,
@@ -645,20 +650,20 @@ def test_flag_ranges_are_checked_before_any_work(tmp_path, capsys, flags, messag
 def test_disk_full_fails_cleanly_and_keeps_finished_work(astronaut_file, tmp_path, cheap, capsys):
     import errno
 
-    import jaxcloak.pipelines.bulk as batch
+    import jaxcloak.pipelines.engine as batch
 
     def no_space(path, *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(batch, "save_mask", no_space)
-        summary = protect_files([astronaut_file], tmp_path / "a", cheap)
+        summary = protect([astronaut_file], tmp_path / "a", cheap)
     rec_ = summary.records[0]
     assert rec_.status == "protected" and not summary.masks
     assert any("not written (No space left on device)" in n for n in rec_.notes)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(batch, "_write_manifest", no_space)
+        mp.setattr(batch, "write_manifest", no_space)
         code = main(["protect", str(astronaut_file), "-o", str(tmp_path / "b"), *CHEAP_FLAGS])
     err = capsys.readouterr().err
     assert code == 1 and "No space left on device" in err and "Traceback" not in err
@@ -707,7 +712,7 @@ def test_sideways_portrait_is_protected_in_its_own_orientation(tmp_path, cheap):
     _, turned = _sideways_portrait()
     path = tmp_path / "sideways.png"
     Image.fromarray(turned).save(path)
-    summary = protect_files([path], tmp_path / "out", cheap)
+    summary = protect([path], tmp_path / "out", cheap)
     r = summary.records[0]
     assert r.status == "protected" and r.faces[0]["origin"] == "detected-rot270"
     out = np.asarray(Image.open(r.output))
@@ -740,13 +745,11 @@ def test_views_from_group_fits_on_the_persons_other_photos(tmp_path, rec):
     views = make_view_generator("augment", n_views=2)
     group = Cloaker(rec, cfg, views, builtin_pool(), max_batch=2, max_extra=2)
     common = dict(identity="per-folder")
-    s = protect_files(
-        sorted(folder.glob("*.png")), tmp_path / "g", group, views_from="group", **common
-    )
+    s = protect(sorted(folder.glob("*.png")), tmp_path / "g", group, views_from="group", **common)
     mask = load_mask(s.masks["alice"])
     assert mask.meta["extra_photos"] == 1 and mask.meta["max_extra_photos"] == 2
-    alone = protect_files(sorted(folder.glob("*.png")), tmp_path / "r", group, **common)
+    alone = protect(sorted(folder.glob("*.png")), tmp_path / "r", group, **common)
     assert load_mask(alone.masks["alice"]).meta["extra_photos"] == 0
     assert not np.array_equal(mask.delta, load_mask(alone.masks["alice"]).delta)
     with pytest.raises(ValueError, match="max_extra > 0"):
-        protect_files([folder / "a.png"], tmp_path / "x", _cheap(rec), views_from="group")
+        protect([folder / "a.png"], tmp_path / "x", _cheap(rec), views_from="group")

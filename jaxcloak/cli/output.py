@@ -82,25 +82,33 @@ def report_unprotected(records, surrogate: str, allow: bool) -> int:
     return 0 if allow else EXIT_STILL_RECOGNISED
 
 
-def print_summary(summary, outdir: Path, surrogate: str, allow: bool) -> int:
+def print_summary(summary, manifest: Path, surrogate: str, budget: float, allow: bool) -> int:
+    """What a protect run did, photo counts to timing; the exit status it calls for."""
     done = [r for r in summary.records if r.status == "protected"]
     fresh = [r for r in summary.records if r.status == "up-to-date"]
+    faces = [(r, face) for r in done for face in r.faces]
+    still = sum(face["same_person_after"] for _, face in faces)
     print(
-        f"wrote {len(done)} photo(s), {len(fresh)} already up to date, "
-        f"{len(summary.failed)} failed; {len(summary.masks)} mask(s) fitted"
+        f"wrote {len(done)} photo(s) ({len(faces)} face(s), {still} still matched by the "
+        f"surrogate), {len(fresh)} already up to date, {len(summary.failed)} failed; "
+        f"{summary.fitted} mask(s) fitted"
     )
-    for r in done:
-        for face in r.faces:
-            flag = "still matches!" if face["same_person_after"] else "no match"
-            print(
-                f"  {r.output}: face {face['index']} ({face['identity']}): surrogate cosine "
-                f"{face['cos_after']:.3f} ({flag})"
-            )
+    for r, face in faces[:20]:
+        flag = "still matches!" if face["same_person_after"] else "no match"
+        print(
+            f"  {r.output}: face {face['index']} ({face['identity']}): surrogate cosine "
+            f"{face['cos_after']:.3f} ({flag})"
+        )
+    if len(faces) > 20:
+        print(f"  ... and {len(faces) - 20} more face(s) in the manifest")
     print_failures(summary.failed)
+    print_change(summary.records, budget)
     s = summary.seconds
+    rate = len(done) / s["total"] if s["total"] > 0 else 0.0
     print(
-        f"time: fit {s['fit']:.1f} s (of which compile {s['compile']:.1f} s), "
-        f"apply {s['apply']:.1f} s, total {s['total']:.1f} s; manifest {outdir / 'manifest.json'}"
+        f"time: fit {s['fit']:.1f} s (of which compile {s['compile']:.1f} s), apply "
+        f"{s['apply']:.1f} s, total {s['total']:.1f} s, {rate:.2f} photo/s; device step busy "
+        f"{100 * s['device_busy_share']:.0f}% of the time; manifest {manifest}"
     )
     status = report_unprotected(summary.records, surrogate, allow)
     return 1 if summary.failed else status

@@ -14,7 +14,7 @@ from ..evaluate import metrics
 from ..io import read_image, write_image
 from ..io.atomic import atomic_write_text
 from ..methods.facecloak.cloaker import Cloaker
-from .bulk import protect_files
+from .engine import protect
 
 
 def run_demo(outdir: Path, cloaker: Cloaker, *, evaluate: bool = True) -> int:
@@ -28,7 +28,7 @@ def run_demo(outdir: Path, cloaker: Cloaker, *, evaluate: bool = True) -> int:
     if not src.exists():
         write_image(src, skimage.data.astronaut(), format="PNG")
     print(f"protecting {src} (NASA, public domain) into {outdir / 'protected'} ...", flush=True)
-    summary = protect_files([src], outdir / "protected", cloaker)
+    summary = protect([src], outdir / "protected", cloaker)
     rec = summary.records[0]
     if rec.status not in ("protected", "up-to-date"):
         print(f"demo failed: {rec.error}")

@@ -397,7 +397,7 @@ def run_map(
         fer_probs = jax.jit(
             lambda p, x: jax.nn.softmax(fer_xception.expression_logits(p, x), axis=-1)
         )
-        from .bulk import output_name
+        from .outputs import output_name
 
         for k, face in enumerate(faces):
             delta = (x_hat[k] - np.asarray(x0[k])) * 127.5

@@ -48,13 +48,8 @@ def cmd_mask_apply(args: argparse.Namespace) -> int:
     from ...io import ImageReadError, read_image, write_image
     from ...methods.facecloak.cloaker import apply_mask
     from ...methods.facecloak.masks import MaskFileError, load_mask
-    from ...pipelines.bulk import (
-        OutputConflict,
-        check_output_folder,
-        collect_inputs,
-        common_root,
-        plan_outputs,
-    )
+    from ...pipelines.inputs import collect_inputs, common_root
+    from ...pipelines.outputs import OutputConflict, check_output_folder, plan_outputs
 
     try:
         mask = load_mask(args.mask)

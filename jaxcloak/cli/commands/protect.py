@@ -1,33 +1,21 @@
-"""``jaxcloak protect``: check the job, claim the outputs, run the bulk engine, report."""
+"""``jaxcloak protect``: check the job, claim the outputs, run the engine, report."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from pathlib import Path
 
-from ...pipelines.progress import progress_bar
 from ..args import read_file_list
-from ..output import (
-    print_change,
-    print_compiles,
-    print_failures,
-    print_summary,
-    report_unprotected,
-)
+from ..output import print_compiles, print_summary
 from ..wiring import make_cloaker
 from .map import run_map_cli
 
 
 def cmd_protect(args: argparse.Namespace) -> int:
-    from ...pipelines.bulk import (
-        OutputConflict,
-        check_output_folder,
-        collect_inputs,
-        common_root,
-        plan_outputs,
-        protect_files,
-    )
+    from ...pipelines.inputs import collect_inputs, common_root, identity_units
+    from ...pipelines.outputs import OutputConflict, check_output_folder, plan_outputs
     from ...runtime import init_distributed, process_share
 
     if args.demo:
@@ -60,54 +48,40 @@ def cmd_protect(args: argparse.Namespace) -> int:
         if count > 1:
             raise SystemExit("error: --method map runs as one process (no --coordinator)")
         return max(run_map_cli(args, files, outdir, evaluate=not args.no_eval), 1 if errors else 0)
+    per_file = args.identity == "per-file"
+    if per_file and args.reference:
+        raise SystemExit("error: --reference does not apply to --identity per-file")
+    if per_file and args.views_from == "group":
+        raise SystemExit("error: --views-from group needs groups: --identity per-folder or a CSV")
     root = common_root(files + ([Path(args.reference)] if args.reference else []))
     try:  # over the whole job, before any process fits anything
         plan = plan_outputs(files, root, outdir, args.format)
-    except OutputConflict as e:
+        units = identity_units(files, args.identity, root)
+    except ValueError as e:  # OutputConflict too
         raise SystemExit(f"error: {e}") from None
+    mine = process_share(units, index, count)  # whole units (people, or photos) per process
+    share = [f for _, fs in mine for f in fs]
     manifest = "manifest" if count == 1 else f"manifest.p{index}of{count}"
-    if count > 1:
-        print(f"process {index} of {count}: ", end="")
-    if args.identity == "per-file":
-        share = process_share(files, index, count)
-        claim_outputs_or_exit(outdir, [plan[f] for f in share], share)
-        status = _protect_stream_cli(args, share, outdir, root, manifest)
-        return 1 if errors else status
-    from ...pipelines.bulk import group_identities
-
-    try:
-        groups = group_identities(files, args.identity)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from e
-    mine = process_share(sorted(groups), index, count)  # whole people per process
-    share = [f for g in mine for f in groups[g]]
-    if count > 1:
-        print(f"{len(mine)} of {len(groups)} identity group(s), {len(share)} photo(s)")
+    who = f"process {index} of {count}: " if count > 1 else ""
+    groups = f"{len(mine)} of {len(units)}" if count > 1 else f"{len(mine)}"
+    people = "every face its own person" if per_file else f"{groups} identity group(s)"
+    line = f"{who}{len(share)} photo(s), {people}"
     if not share:
+        print(line)
         return 1 if errors else 0
     claim_outputs_or_exit(outdir, [plan[f] for f in share], share)
     cloaker = make_cloaker(args)
-    summary = protect_files(
-        share,
-        outdir,
-        cloaker,
-        identity=args.identity,
-        reference=Path(args.reference) if args.reference else None,
-        faces=args.faces,
-        no_face=args.no_face,
-        min_face=args.min_face,
-        rotations=args.rotations,
-        fmt=args.format,
-        quality=args.quality,
-        resume=not args.no_resume,
-        progress=progress_bar,
-        root=root,
-        manifest=f"{manifest}.json",
-        views_from=args.views_from,
-    )
+    bucket = cloaker.bucket(cloaker.max_batch)
+    print(f"{line}; device step: {bucket} face(s) on {_devices()}", flush=True)
+    summary = _run(args, cloaker, share, outdir, root, manifest)
     print_compiles(args, outdir / f"{manifest}.json")
-    print_change(summary.records, cloaker.config.max_levels())
-    status = print_summary(summary, outdir, cloaker.recognizer.spec.name, args.allow_unprotected)
+    status = print_summary(
+        summary,
+        outdir / f"{manifest}.json",
+        cloaker.recognizer.spec.name,
+        cloaker.config.max_levels(),
+        args.allow_unprotected,
+    )
     return 1 if errors else status
 
 
@@ -118,7 +92,7 @@ def claim_outputs_or_exit(
     and refuse a destination without room for about the inputs' size again."""
     import shutil
 
-    from ...pipelines.bulk import OutputConflict, claim_outputs
+    from ...pipelines.outputs import OutputConflict, claim_outputs
 
     try:
         outdir.mkdir(parents=True, exist_ok=True)
@@ -136,26 +110,16 @@ def claim_outputs_or_exit(
         raise SystemExit(f"error: -o {outdir}: cannot write there ({e.strerror or e})") from None
 
 
-def _protect_stream_cli(
-    args: argparse.Namespace, files: list[Path], outdir: Path, root: Path, manifest: str
-) -> int:
-    import threading
-
+def _run(
+    args: argparse.Namespace, cloaker, files: list[Path], outdir: Path, root: Path, manifest: str
+):
+    """The engine on this process's share, under a progress bar."""
     from tqdm import tqdm
 
-    from ...pipelines.stream import device_summary, protect_stream
+    from ...pipelines.engine import protect
 
-    if args.reference:
-        raise SystemExit("error: --reference does not apply to --identity per-file")
-    if args.views_from == "group":
-        raise SystemExit("error: --views-from group needs groups: --identity per-folder or a CSV")
-    cloaker = make_cloaker(args)
-    bucket = cloaker.bucket(cloaker.max_batch)
-    print(
-        f"{len(files)} photo(s), every face its own person; device step: {bucket} face(s) on "
-        f"{device_summary()}",
-        flush=True,
-    )
+    # --no-masks is per-file's (so its help says): a group's few masks are always written.
+    save_masks = not (args.no_masks and args.identity == "per-file")
     bar = tqdm(total=len(files), unit="photo", disable=None, smoothing=0.05)
     lock = threading.Lock()
 
@@ -165,11 +129,14 @@ def _protect_stream_cli(
             bar.set_postfix(postfix, refresh=False)
 
     try:
-        summary = protect_stream(
+        return protect(
             files,
             outdir,
             cloaker,
+            identity=args.identity,
             root=root,
+            reference=Path(args.reference) if args.reference else None,
+            views_from=args.views_from,
             faces=args.faces,
             no_face=args.no_face,
             min_face=args.min_face,
@@ -177,7 +144,7 @@ def _protect_stream_cli(
             fmt=args.format,
             quality=args.quality,
             resume=not args.no_resume,
-            save_masks=not args.no_masks,
+            save_masks=save_masks,
             readers=args.readers,
             writers=args.writers,
             manifest=manifest,
@@ -185,30 +152,11 @@ def _protect_stream_cli(
         )
     finally:
         bar.close()
-    print_compiles(args, outdir / f"{manifest}.json")
-    by = {}
-    for r in summary.records:
-        by[r.status] = by.get(r.status, 0) + 1
-    n_faces = sum(len(r.faces) for r in summary.records if r.status == "protected")
-    still = sum(
-        f["same_person_after"] for r in summary.records if r.status == "protected" for f in r.faces
-    )
-    print(
-        f"wrote {by.get('protected', 0)} photo(s) ({n_faces} face(s), {still} still matched "
-        f"by the surrogate), {by.get('up-to-date', 0)} already up to date, "
-        f"{len(summary.failed)} failed"
-    )
-    print_failures(summary.failed)
-    print_change(summary.records, cloaker.config.max_levels())
-    s = summary.seconds
-    done = by.get("protected", 0)
-    rate = done / s["total"] if s["total"] > 0 else 0.0
-    print(
-        f"time: {s['total']:.1f} s, {rate:.2f} photo/s; device step busy "
-        f"{100 * s['device_busy_share']:.0f}% of the time; compile {s['compile']:.1f} s; "
-        f"manifest {outdir / (manifest + '.json')}"
-    )
-    status = report_unprotected(
-        summary.records, cloaker.recognizer.spec.name, args.allow_unprotected
-    )
-    return 1 if summary.failed else status
+
+
+def _devices() -> str:
+    """e.g. ``"4 x cpu"``: what this process computes on."""
+    import jax
+
+    devs = jax.local_devices()
+    return f"{len(devs)} x {devs[0].platform}"
