@@ -259,3 +259,14 @@ def test_mask_loader_raises_only_mask_file_error(tmp_path, raw, use_seed, edits,
     mask = _load_or_named_error(load_mask, tmp_path / "fuzz.mask", data, MaskFileError)
     if mask is not None:
         assert mask.delta.shape[2] == 3 and np.isfinite(mask.delta).all()
+
+
+def test_an_unusable_reference_stops_the_run_before_anything_is_written(tmp_path):
+    photos = tmp_path / "in"
+    photos.mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(photos / "a.png")
+    out = tmp_path / "out"
+    for ref, why in [(tmp_path / "missing.jpg", "file not found"), (photos / "a.png", "no face")]:
+        with pytest.raises(SystemExit, match=rf"error: --reference .*{why}"):
+            main(["protect", str(photos), "-o", str(out), "--reference", str(ref)])
+        assert not out.exists()

@@ -12,11 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from jaxcloak.faces.samples import synthetic_photos
 from jaxcloak.io import read_image
+from jaxcloak.methods.facecloak.masks import load_mask
 from jaxcloak.pipelines.inputs import face_identity, photo_identity
 from jaxcloak.pipelines.records import read_log
 from jaxcloak.runtime import init_distributed, process_share
@@ -237,3 +239,51 @@ def test_manifest_log_survives_a_torn_last_line(tmp_path):
 def test_mask_names_are_stable_and_unique_per_face():
     assert face_identity(photo_identity(Path("a/b c.jpg")), 0, 1) == "a__b_c"
     assert face_identity(photo_identity(Path("a/b c.jpg")), 1, 2) == "a__b_c-face1"
+
+
+def test_group_run_killed_mid_person_resumes_to_the_same_bytes(tmp_path):
+    """--identity per-folder through the same engine: a kill after the first person's photos,
+    a rerun skips them and fits the half-done second person again to the same mask, so every
+    output equals an uninterrupted run's."""
+    inp = tmp_path / "in"
+    small = synthetic_photos(2, seed=3, size=(220, 300), sources=("astronaut",))
+    large = synthetic_photos(6, seed=4, size=(900, 1200), sources=("astronaut",))
+    for k, (_, rgb) in enumerate([*small, *large]):
+        folder = inp / ("ann" if k < 2 else "bob" if k < 5 else "cy")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb).save(folder / f"p{k}.jpg", quality=92)
+    cache, out, clean = tmp_path / "xla-cache", tmp_path / "out", tmp_path / "clean"
+    args = [*ARGS[2:], "--identity", "per-folder", "--readers", "1", "--writers", "1"]
+
+    def cmd(dest: Path) -> list[str]:
+        return [sys.executable, "-m", "jaxcloak", "protect", str(inp), "-o", str(dest), *args]
+
+    proc = subprocess.Popen(
+        cmd(out), env=_env(cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 400
+    while _done_lines(out / "manifest.jsonl") < 2 and proc.poll() is None:
+        assert time.monotonic() < deadline, "first run made no progress"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    lines = (out / "manifest.jsonl").read_text().splitlines()[1:]
+    done_before = {json.loads(ln)["photo"]["input"] for ln in lines if ln.strip().endswith("}")}
+    assert 2 <= len(done_before) < 8, "the first run was not killed mid-job"
+    again = subprocess.run(cmd(out), env=_env(cache), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    photos = json.loads((out / "manifest.json").read_text())["photos"]
+    status = {p["input"]: p["status"] for p in photos}
+    assert len(status) == 8 and all(status[i] == "up-to-date" for i in done_before)
+    assert list(status.values()).count("protected") == 8 - len(done_before)
+    run = subprocess.run(cmd(clean), env=_env(cache), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    for p in inp.rglob("*.jpg"):
+        rel = p.relative_to(inp)
+        assert (out / rel).read_bytes() == (clean / rel).read_bytes(), rel
+    masks = sorted(m.name for m in (clean / "masks").glob("*.mask"))
+    assert masks == ["ann.mask", "bob.mask", "cy.mask"]
+    for name in masks:
+        assert np.array_equal(
+            load_mask(out / "masks" / name).delta, load_mask(clean / "masks" / name).delta
+        ), name

@@ -255,10 +255,11 @@ def add_map_args(p: argparse.ArgumentParser) -> None:
 def add_scale_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "large jobs, several devices or hosts",
-        "--identity per-file streams: photos are read, fitted in full device batches and "
+        "Every --identity mode streams: photos are read, fitted in full device batches and "
         "written as they go, with bounded memory and a manifest.jsonl that a rerun resumes "
-        "from. The identity batch is split over every local device. Several processes or "
-        "hosts split the (sorted) input list: start the same command on each with "
+        "from (per-file: every face its own person). The identity batch is split over every "
+        "local device. Several processes or hosts split the (sorted) input list: start the "
+        "same command on each with "
         "--coordinator/--num-processes/--process-id (or JAX's JAX_COORDINATOR_ADDRESS, "
         "JAX_NUM_PROCESSES, JAX_PROCESS_ID); each writes its own manifest.pIofN.json.",
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..args import read_file_list
 from ..output import print_compiles, print_summary
-from ..wiring import make_cloaker
+from ..wiring import chosen_face, make_cloaker
 from .map import run_map_cli
 
 
@@ -69,6 +69,8 @@ def cmd_protect(args: argparse.Namespace) -> int:
     if not share:
         print(line)
         return 1 if errors else 0
+    if args.reference:  # before any output is claimed or any model loads
+        _check_reference(args)
     claim_outputs_or_exit(outdir, [plan[f] for f in share], share)
     cloaker = make_cloaker(args)
     bucket = cloaker.bucket(cloaker.max_batch)
@@ -83,6 +85,17 @@ def cmd_protect(args: argparse.Namespace) -> int:
         args.allow_unprotected,
     )
     return 1 if errors else status
+
+
+def _check_reference(args: argparse.Namespace) -> None:
+    """--reference must be a readable photo with a face the run's face policy accepts."""
+    from ...faces.photo import NoFaceError
+    from ...io.images import ImageReadError
+
+    try:
+        chosen_face(Path(args.reference), args.faces, args.min_face, args.rotations)
+    except (ImageReadError, NoFaceError) as e:
+        raise SystemExit(f"error: --reference {e}") from None
 
 
 def claim_outputs_or_exit(
