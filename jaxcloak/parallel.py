@@ -4,7 +4,7 @@ Everything jaxcloak batches is independent per example (one identity's mask, one
 inversion), so the only layout it needs is a 1-D mesh whose ``data`` axis splits the batch:
 
 - :func:`make_mesh` builds it from this process's devices (several hosts each build their own
-  and split the *input list* between them, see :mod:`jaxcloak.distributed`);
+  and split the *input list* between them, see :func:`jaxcloak.runtime.init_distributed`);
 - :func:`bucket_for` picks a static batch size (a multiple of the device count) so a run
   compiles a handful of programs whatever its input count;
 - :func:`pad_rows` pads a ragged batch to the bucket by repeating its last row and returns the

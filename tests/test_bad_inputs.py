@@ -270,3 +270,22 @@ def test_an_unusable_reference_stops_the_run_before_anything_is_written(tmp_path
         with pytest.raises(SystemExit, match=rf"error: --reference .*{why}"):
             main(["protect", str(photos), "-o", str(out), "--reference", str(ref)])
         assert not out.exists()
+    # with --no-face whole-image a face-less reference is what the user asked for: accepted
+    from jaxcloak.cli.commands.protect import _check_reference
+    from jaxcloak.cli.main import build_parser
+
+    ref = ["--reference", str(photos / "a.png"), "--no-face", "whole-image"]
+    args = build_parser().parse_args(["protect", str(photos), "-o", str(out), *ref])
+    _check_reference(args)
+
+
+def test_a_corrupt_manifest_log_is_one_error_line(tmp_path):
+    photos = tmp_path / "in"
+    photos.mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(photos / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.jsonl").write_text('not json\n{"photo": {}}\n')
+    argv = ["protect", str(photos), "-o", str(out), "--identity", "per-file", "--steps", "1"]
+    with pytest.raises(SystemExit, match=r"manifest\.jsonl:1: corrupt manifest line.*--no-resume"):
+        main([*argv, "--views", "1", "--allow-unprotected"])

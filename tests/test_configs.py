@@ -369,7 +369,7 @@ def test_cli_map_config(tmp_path):
     assert map_config(args) == dataclasses.replace(map_presets.DEMO, steps=4)
 
 
-def test_cli_protect_table_and_errors(tmp_path, capsys):
+def test_cli_protect_table_and_errors(tmp_path):
     from jaxcloak.cli.wiring import cloak_config
 
     cfg = _write(tmp_path, "[protect]\nidentity = 'per-folder'\nquality = 80\nno_masks = true\n")
@@ -378,10 +378,21 @@ def test_cli_protect_table_and_errors(tmp_path, capsys):
     args = _cli_args("protect", "x.jpg", "-o", "o", "--config", str(cfg), "--quality", "90",
                      "--set", "protect.identity=per-file")  # fmt: skip
     assert (args.identity, args.quality) == ("per-file", 90)
+    # each value goes through its option's own type and choices
     bad = _write(tmp_path, "[protect]\nformat = 'GIF'\n", name="bad.toml")
-    with pytest.raises(SystemExit):  # argparse checks the file's values like typed flags
+    with pytest.raises(SystemExit, match=r"\[protect\]format \(--format\): 'GIF' is not one"):
         _cli_args("protect", "x.jpg", "-o", "o", "--config", str(bad))
-    assert "invalid choice: 'GIF'" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"protect\.quality \(--quality\): .*out of range"):
+        _cli_args("protect", "x.jpg", "-o", "o", "--set", "protect.quality=900")
+    with pytest.raises(SystemExit, match=r"protect\.idenity: not an option.*did you mean identity"):
+        _cli_args("protect", "x.jpg", "-o", "o", "--set", "protect.idenity=single")
+    with pytest.raises(SystemExit, match=r"no_masks: expected true or false"):
+        _cli_args("protect", "x.jpg", "-o", "o", "--set", "protect.no_masks=3")
+    # --set wins over the file even to turn a switch off; photos after -- stay photos
+    args = _cli_args("protect", "-o", "o", "--config", str(cfg), "--set", "protect.no_masks=false",
+                     "--", "--odd-name.jpg")  # fmt: skip
+    assert args.no_masks is False and args.photos == ["--odd-name.jpg"]
+    assert args.identity == "per-folder" and args.quality == 80
     typo = r"error: facecloak\.stpes: unknown key; did you mean 'steps'"
     with pytest.raises(SystemExit, match=typo):  # protect checks every --set before it starts
         _cli_args("protect", "x.jpg", "-o", "o", "--set", "facecloak.stpes=3")
@@ -404,9 +415,10 @@ def test_cli_print_config_is_a_config_file(tmp_path, capsys):
 
     out = tmp_path / "o"
     argv = ["protect", "x.jpg", "-o", str(out), "--strength", "high", "--set", "map.t0=30"]
-    assert main([*argv, "--print-config"]) == 0
+    assert main([*argv, "--set", "protect.quality=90", "--print-config"]) == 0
     printed = _write(tmp_path, capsys.readouterr().out)
     cfg = load_config(printed)
+    assert protect_options(cfg) == {"quality": 90}
     assert resolve_facecloak(cfg) == fc_presets.get_config("fixed", "high")
     assert resolve_map(cfg, preset="paper") == dataclasses.replace(map_presets.DEMO, t0=30)
     assert not out.exists()  # printed, nothing run

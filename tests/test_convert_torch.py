@@ -1,6 +1,6 @@
 """ONNX->JAX conversion of PyTorch-exported reference nets, checked against ONNX Runtime and torch.
 
-Each net in ``reference_nets`` (IResNet, MobileFaceNet, SmallResizeNet; random weights with
+Each net in ``torch_reference.nets`` (IResNet, MobileFaceNet, SmallResizeNet; random weights with
 non-trivial BatchNorm statistics and PReLU slopes) is exported with the legacy TorchScript
 exporter at opsets 13 and 17, run by ONNX Runtime (CPUExecutionProvider) as the reference, and
 converted with :func:`jaxcloak.convert.onnx.convert`.

@@ -2,7 +2,8 @@
 
 Two oracles, both with seeded random weights and randomised GroupNorm affine:
 
-* :class:`reference_ddpm.DDPM`, DiffusionCLIP's module re-declared with its real key names, for
+* :class:`torch_reference.ddpm.DDPM`, DiffusionCLIP's module re-declared with its real key
+  names, for
   :func:`convert_ddpm_state_dict`;
 * diffusers' own ``UNet2DModel`` in the ``google/ddpm-celebahq-256`` layout, for
   :func:`convert_diffusers_state_dict` and :func:`load_diffusers_folder`.

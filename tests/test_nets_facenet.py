@@ -1,13 +1,13 @@
 """FaceNet (facenet-pytorch InceptionResnetV1) in Flax NNX against the PyTorch reference.
 
-The torch reference is :class:`reference_facenet.InceptionResnetV1`, which declares
+The torch reference is :class:`torch_reference.facenet.InceptionResnetV1`, which declares
 facenet-pytorch's ``models/inception_resnet_v1.py`` with its module names and configurable
 repeat counts. Weights are seeded; convolutions are re-drawn He-normal because torch's default
 (fan-in uniform, gain 1/sqrt(3)) shrinks the signal through the stem until BatchNorm's shifts
 dominate and two different images embed with cosine 0.9999993, which would let a network that
 ignores its input pass the cosine gate. BatchNorm statistics/affine are randomised
-(:func:`reference_nets.randomise_`). Inputs are smooth random fields plus a little noise, closer
-to faces than white noise and easier to tell apart.
+(:func:`torch_reference.nets.randomise_`). Inputs are smooth random fields plus a little noise,
+closer to faces than white noise and easier to tell apart.
 
 Tolerance ladder (``rel_err = max|ours - torch| / max|torch|``): each piece fed torch's own
 input (stem up to conv2d_4b, each of repeat_1, mixed_6a, repeat_2, mixed_7a, repeat_3, block8,

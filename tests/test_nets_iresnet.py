@@ -1,6 +1,6 @@
 """IResNet (arcface_torch) in Flax NNX against the PyTorch reference, layer by layer.
 
-The torch reference is :class:`reference_nets.IResNet`, which declares arcface_torch
+The torch reference is :class:`torch_reference.nets.IResNet`, which declares arcface_torch
 ``backbones/iresnet.py`` with its module names (conv1, bn1, prelu, layer1..4 of IBasicBlock(bn1,
 conv1, bn2, prelu, conv2(stride), bn3, downsample.0/.1), bn2, dropout, fc, features) and a
 configurable input size (arcface_torch hard-codes 7x7 at ``fc``, i.e. 112x112 inputs, as here).

@@ -1,6 +1,6 @@
 """IR / IR-SE Backbone (TreB1eN / face.evoLVe) in Flax NNX against the PyTorch reference.
 
-The torch reference is :class:`reference_irse.Backbone`, which declares TreB1eN's ``model.py``
+The torch reference is :class:`torch_reference.irse.Backbone`, which declares TreB1eN's ``model.py``
 with its module names (input_layer, body of bottleneck_IR / bottleneck_IR_SE units with
 shortcut_layer and res_layer, output_layer with Dropout and Flatten at indices 1 and 2) and
 configurable depth, widths and embedding size. Weights are seeded torch initialisations with

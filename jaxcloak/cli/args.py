@@ -256,8 +256,9 @@ def add_scale_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "large jobs, several devices or hosts",
         "Every --identity mode streams: photos are read, fitted in full device batches and "
-        "written as they go, with bounded memory and a manifest.jsonl that a rerun resumes "
-        "from (per-file: every face its own person). The identity batch is split over every "
+        "written as they go, with a manifest.jsonl that a rerun resumes from; per-file (every "
+        "face its own person) keeps memory flat however many photos, a group holds its "
+        "person's photos together. The identity batch is split over every "
         "local device. Several processes or hosts split the (sorted) input list: start the "
         "same command on each with "
         "--coordinator/--num-processes/--process-id (or JAX's JAX_COORDINATOR_ADDRESS, "

@@ -1,4 +1,5 @@
-"""The ``jaxcloak`` command line. The only module that reads flags and configs.
+"""The ``jaxcloak`` command line: the parser and the entry point (the ``cli`` package is the
+only one that reads flags and settings files).
 
 Examples:
   jaxcloak protect --demo -o jaxcloak-report     # protect the bundled astronaut, write a report
@@ -282,19 +283,56 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _with_protect_options(parser, args: argparse.Namespace, argv: list[str]):
-    """Parse again with the options of --config's [protect] table right after the command
-    (so argparse checks them and the user's own flags win) and --set protect.* at the end."""
-    from ..configs.files import as_argv, parse_sets, protect_options
+    """``protect`` with --config's [protect] table as defaults (the user's flags win) and
+    --set protect.* on top; every value checked by its option's own type and choices."""
+    from ..configs.files import parse_sets, protect_options
 
     with config_errors():
         options = protect_options(file_config(args))
         sets = parse_sets(args.set)["protect"]
     if not options and not sets:
         return args
-    at = argv.index("protect") + 1
-    again = parser.parse_args([*argv[:at], *as_argv(options), *argv[at:], *as_argv(sets)])
+    protect = parser._subparsers._group_actions[0].choices["protect"]
+    settable = [a for a in protect._actions if a.option_strings]
+    skip = {"help", "config", "set", "print_config"}
+    actions = {a.dest: a for a in settable if a.dest not in skip}
+    defaults = {k: _option_value(actions, k, v, "--config [protect]") for k, v in options.items()}
+    protect.set_defaults(**defaults)
+    again = parser.parse_args(argv)
+    for key, value in sets.items():
+        setattr(again, key, _option_value(actions, key, value, "--set protect."))
     again._file_config = args._file_config
+    again._protect_options = {**options, **sets}
     return again
+
+
+def _option_value(actions: dict, key: str, value, where: str):
+    """A settings-file value for protect's option ``key``, as argparse would have made it."""
+    import difflib
+
+    action = actions.get(key)
+    if action is None:
+        near = difflib.get_close_matches(key, list(actions), n=2)
+        hint = f"; did you mean {' or '.join(near)}?" if near else ""
+        raise SystemExit(
+            f"error: {where}{key}: not an option of 'jaxcloak protect' (its flags, with _ for "
+            f"-){hint}"
+        )
+    flag = action.option_strings[-1]
+    if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+        if not isinstance(value, bool):
+            raise SystemExit(f"error: {where}{key}: expected true or false, got {value!r}")
+        return value if isinstance(action, argparse._StoreTrueAction) else not value
+    items = value if isinstance(value, list | tuple) else [value]
+    text = ",".join(str(v) for v in items)
+    try:
+        out = action.type(text) if action.type else text
+    except (argparse.ArgumentTypeError, TypeError, ValueError) as e:
+        raise SystemExit(f"error: {where}{key} ({flag}): {e}") from None
+    if action.choices is not None and out not in action.choices:
+        choices = ", ".join(map(str, action.choices))
+        raise SystemExit(f"error: {where}{key} ({flag}): {out!r} is not one of {choices}")
+    return [out] if isinstance(action, argparse._AppendAction) else out
 
 
 def _print_config(args: argparse.Namespace) -> int:
@@ -304,6 +342,7 @@ def _print_config(args: argparse.Namespace) -> int:
     print(
         dump_config(
             facecloak=cloak_config(args) if hasattr(args, "strength") else None,
+            protect=getattr(args, "_protect_options", None),
             map_config=map_config(args) if hasattr(args, "preset") else None,
             header=f"jaxcloak {__version__}: the settings of 'jaxcloak {args.command} ...'",
         ),

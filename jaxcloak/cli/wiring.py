@@ -189,3 +189,28 @@ def compile_cache_dir(args: argparse.Namespace):
     if env is not None:
         return None if env.strip().lower() in ("", "0", "off", "no", "false") else Path(env)
     return default_cache_dir()
+
+
+def claim_outputs_or_exit(
+    outdir: Path, outputs: list[Path], inputs: list[Path] | None = None
+) -> None:
+    """Before any model loads: refuse to replace files in OUTDIR that jaxcloak did not write,
+    and refuse a destination without room for about the inputs' size again."""
+    import shutil
+
+    from ...pipelines.outputs import OutputConflict, claim_outputs
+
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        need = sum(f.stat().st_size for f in inputs or []) + (1 << 20) * len(inputs or [])
+        free = shutil.disk_usage(outdir).free
+        if need > free:
+            raise SystemExit(
+                f"error: -o {outdir}: {free / 1e6:.0f} MB free, the outputs and masks need "
+                f"about {need / 1e6:.0f} MB; free some space or choose another folder"
+            )
+        claim_outputs(outdir, outputs)
+    except OutputConflict as e:
+        raise SystemExit(f"error: {e}") from None
+    except OSError as e:
+        raise SystemExit(f"error: -o {outdir}: cannot write there ({e.strerror or e})") from None

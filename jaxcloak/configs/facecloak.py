@@ -6,8 +6,8 @@ Launch examples::
     jaxcloak protect photo.jpg -o out/ --strength high
     jaxcloak protect photo.jpg -o out/ --mode faithful --far-anchor celeb.jpg
 
-``get_config(mode, strength)`` returns a :class:`CloakConfig`; explicit overrides are applied
-with ``dataclasses.replace`` by the CLI.
+``get_config(mode, strength)`` returns a :class:`CloakConfig`; a run's settings file, flags
+and ``--set`` overrides go on top through :func:`jaxcloak.configs.files.resolve_facecloak`.
 """
 
 from __future__ import annotations

@@ -5,13 +5,13 @@ installed wheel works without any file; a TOML file only changes fields of those
 
 File layout (every table optional; keys may use ``-`` or ``_``)::
 
-    [facecloak]            # CloakConfig (jaxcloak.methods.facecloak.attack)
+    [facecloak]            # CloakConfig (jaxcloak.methods.facecloak.config)
     mode = "fixed"         # base preset: "fixed" (default) or "faithful"; also the field
     strength = "mid"       # base preset of the fixed mode: low | mid | high (default mid)
     eps_levels = 20        # any CloakConfig field, in the dataclass's units (see below)
     eot = ["jpeg", "blur"]
 
-    [map]                  # MapConfig (jaxcloak.methods.map.step)
+    [map]                  # MapConfig (jaxcloak.methods.map.config)
     preset = "demo"        # base preset: demo | paper (default chosen by the caller)
     steps = 60             # any MapConfig field
 

@@ -14,10 +14,11 @@ a unit fitted again (a resumed job) gets the same masks.
     finisher thread: wait for the step, score the masks; a unit whose masks are all in goes to
     writers (threads): save masks; paste back, encode, write atomically, verify, log the photo
 
-Every stage holds a bounded number of units (a unit's photos travel together), so memory does
-not grow with the job. JAX dispatch is asynchronous: while the device runs one bucket the main
-thread already fills the next, and the finisher records when each step completes, which gives
-the share of the wall time the device was busy.
+Every stage holds a bounded number of units (a unit's photos travel together), so memory grows with
+the largest unit, not with the job (``per-file``: flat; ``single``: one unit, the job). JAX
+dispatch is asynchronous: while the device runs one bucket the main thread already fills the next,
+and the finisher records when each step completes, which gives the share of the wall time the
+device was busy.
 
 Resumable (:mod:`.records`): a unit whose photos are all up to date is skipped; a unit with
 some photos still to do is planned as in a fresh job (its finished photos are read again, as
@@ -515,7 +516,7 @@ class _Job:
             )
             written = read_image(out)
             rows = _face_report(self.cloaker, photo, written.rgb, item.names)
-            linf, over = change_report(self.cloaker, photo, written.rgb)
+            linf, over = _change_report(self.cloaker, photo, written.rgb)
             saved = (unit.saved[n].result() for n in dict.fromkeys(item.names) if n in unit.saved)
             missing = [note for note in saved if note]
             return PhotoRecord(
@@ -575,7 +576,7 @@ def _ordered_prefetch(
             break
 
 
-def change_report(cloaker: Cloaker, photo: Photo, written: np.ndarray) -> tuple[int, list[str]]:
+def _change_report(cloaker: Cloaker, photo: Photo, written: np.ndarray) -> tuple[int, list[str]]:
     """The written file's largest pixel change against the input, and a note when it exceeds
     the mask's budget (lossy re-encoding adds its own error on top of the mask's)."""
     if written.shape != photo.image.rgb.shape:

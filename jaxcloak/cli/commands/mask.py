@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 from ...pipelines.progress import progress_bar
-from ..wiring import chosen_face, make_cloaker
-from .protect import claim_outputs_or_exit
+from ..wiring import chosen_face, claim_outputs_or_exit, make_cloaker
 
 
 def cmd_mask_fit(args: argparse.Namespace) -> int:

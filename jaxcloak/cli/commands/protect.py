@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..args import read_file_list
 from ..output import print_compiles, print_summary
-from ..wiring import chosen_face, make_cloaker
+from ..wiring import claim_outputs_or_exit, make_cloaker
 from .map import run_map_cli
 
 
@@ -88,39 +88,19 @@ def cmd_protect(args: argparse.Namespace) -> int:
 
 
 def _check_reference(args: argparse.Namespace) -> None:
-    """--reference must be a readable photo with a face the run's face policy accepts."""
+    """--reference must be a readable photo the run's face policies accept (as the engine
+    reads it: --faces, --no-face, --min-face, --rotations)."""
+    from ...faces import prepare_photo
     from ...faces.photo import NoFaceError
-    from ...io.images import ImageReadError
+    from ...io.images import ImageReadError, read_image
 
+    policy = dict(
+        faces=args.faces, no_face=args.no_face, min_face=args.min_face, rotations=args.rotations
+    )
     try:
-        chosen_face(Path(args.reference), args.faces, args.min_face, args.rotations)
+        prepare_photo(read_image(Path(args.reference)), **policy)
     except (ImageReadError, NoFaceError) as e:
         raise SystemExit(f"error: --reference {e}") from None
-
-
-def claim_outputs_or_exit(
-    outdir: Path, outputs: list[Path], inputs: list[Path] | None = None
-) -> None:
-    """Before any model loads: refuse to replace files in OUTDIR that jaxcloak did not write,
-    and refuse a destination without room for about the inputs' size again."""
-    import shutil
-
-    from ...pipelines.outputs import OutputConflict, claim_outputs
-
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-        need = sum(f.stat().st_size for f in inputs or []) + (1 << 20) * len(inputs or [])
-        free = shutil.disk_usage(outdir).free
-        if need > free:
-            raise SystemExit(
-                f"error: -o {outdir}: {free / 1e6:.0f} MB free, the outputs and masks need "
-                f"about {need / 1e6:.0f} MB; free some space or choose another folder"
-            )
-        claim_outputs(outdir, outputs)
-    except OutputConflict as e:
-        raise SystemExit(f"error: {e}") from None
-    except OSError as e:
-        raise SystemExit(f"error: -o {outdir}: cannot write there ({e.strerror or e})") from None
 
 
 def _run(
@@ -130,6 +110,7 @@ def _run(
     from tqdm import tqdm
 
     from ...pipelines.engine import protect
+    from ...pipelines.records import ManifestError
 
     # --no-masks is per-file's (so its help says): a group's few masks are always written.
     save_masks = not (args.no_masks and args.identity == "per-file")
@@ -163,6 +144,11 @@ def _run(
             manifest=manifest,
             progress=progress,
         )
+    except ManifestError as e:
+        raise SystemExit(
+            f"error: {e}: the earlier run's log cannot be resumed from; move it away or pass "
+            "--no-resume to start the log afresh (finished outputs are then redone)"
+        ) from None
     finally:
         bar.close()
 

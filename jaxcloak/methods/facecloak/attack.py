@@ -22,7 +22,7 @@ from .faithful import make_faithful_cloak
 from .fixed import make_fixed_cloak
 from .stage2 import CloakResult
 
-__all__ = ["CloakResult", "highpass_for", "make_batched_cloak", "make_cloak"]
+__all__ = ["highpass_for", "make_batched_cloak", "make_cloak"]
 
 
 def make_cloak(embed: EmbedFn, config: CloakConfig, size: int = 112) -> Callable[..., CloakResult]:

@@ -47,7 +47,6 @@ from .config import MapConfig
 __all__ = [
     "ExpressionLoss",
     "MapBatch",
-    "MapConfig",
     "MapInputs",
     "MapState",
     "init_state",
