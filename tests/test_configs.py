@@ -422,3 +422,13 @@ def test_cli_print_config_is_a_config_file(tmp_path, capsys):
     assert resolve_facecloak(cfg) == fc_presets.get_config("fixed", "high")
     assert resolve_map(cfg, preset="paper") == dataclasses.replace(map_presets.DEMO, t0=30)
     assert not out.exists()  # printed, nothing run
+
+
+def test_cli_protect_options_elsewhere_are_named_as_ignored(tmp_path, capsys):
+    from jaxcloak.cli.main import main
+
+    cfg = _write(tmp_path, "[protect]\nquality = 80\n[facecloak]\nsteps = 3\n")
+    argv = ["mask", "fit", "me.jpg", "-o", str(tmp_path / "m.mask"), "--config", str(cfg)]
+    assert main([*argv, "--print-config"]) == 0
+    err = capsys.readouterr().err
+    assert "[protect] options (quality) apply to 'jaxcloak protect' only" in err

@@ -306,6 +306,20 @@ def _with_protect_options(parser, args: argparse.Namespace, argv: list[str]):
     return again
 
 
+def _warn_unused_protect_options(args: argparse.Namespace) -> None:
+    """A [protect] table or --set protect.* given to another command does nothing: say so."""
+    from ..configs.files import parse_sets, protect_options
+
+    with config_errors():
+        unused = {**protect_options(file_config(args)), **parse_sets(args.set)["protect"]}
+    if unused:
+        print(
+            f"warning: [protect] options ({', '.join(sorted(unused))}) apply to "
+            f"'jaxcloak protect' only; 'jaxcloak {args.command}' ignores them",
+            file=sys.stderr,
+        )
+
+
 def _option_value(actions: dict, key: str, value, where: str):
     """A settings-file value for protect's option ``key``, as argparse would have made it."""
     import difflib
@@ -359,6 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "protect":
         args = _with_protect_options(parser, args, list(sys.argv[1:] if argv is None else argv))
+    elif hasattr(args, "set"):
+        _warn_unused_protect_options(args)
     if getattr(args, "print_config", False):
         return _print_config(args)
     from .. import precision
