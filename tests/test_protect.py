@@ -27,7 +27,7 @@ from jaxcloak.methods.facecloak.cloaker import Cloaker
 from jaxcloak.methods.facecloak.masks import MaskFileError, load_mask, save_mask
 from jaxcloak.methods.facecloak.views import make_view_generator
 from jaxcloak.pipelines.engine import protect
-from jaxcloak.pipelines.inputs import group_identities
+from jaxcloak.pipelines.inputs import group_identities, identity_units
 from jaxcloak.zoo.embed import embed_faces
 from jaxcloak.zoo.registry import load
 
@@ -276,7 +276,8 @@ def test_identity_grouping(tmp_path):
     a.mkdir(), b.mkdir()
     files = [a / "1.jpg", a / "2.jpg", b / "1.jpg"]
     assert list(group_identities(files, "single").values()) == [files]
-    assert len(group_identities(files, "per-file")) == 3
+    per_file = identity_units(files, "per-file", tmp_path.resolve())
+    assert per_file == [("ann__1", [files[0]]), ("ann__2", [files[1]]), ("bob__1", [files[2]])]
     assert group_identities(files, "per-folder") == {"ann": files[:2], "bob": files[2:]}
     table = tmp_path / "who.csv"
     table.write_text("path,identity\nann/1.jpg,x\nann/2.jpg,y\nbob/1.jpg,x\n")

