@@ -17,19 +17,12 @@ import onnx
 
 from .. import __version__
 from ..io.atomic import atomic_write, atomic_write_json
+from ..io.hashing import sha256_file
 from ..paths import home
 from .onnx import OnnxFunction, convert
 
 # Bump when conversion output changes, so old cache entries are ignored.
 CONVERTER_VERSION = 2  # 2: Conv -> BatchNormalization pairs folded
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def entry_path(name: str, sha: str) -> Path:

@@ -10,7 +10,6 @@ written atomically once, at the end. A job started again with the same settings
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io.atomic import atomic_write_json
+from ..io.hashing import sha256_file
 from ..precision import recorded
 
 #: Base name of a job's manifest: ``manifest.jsonl`` while it runs, ``manifest.json`` at the end.
@@ -78,15 +78,11 @@ def _up_to_date(prev: dict, src: Path, out: Path) -> bool:
         return (
             prev.get("output") == str(out)
             and out.is_file()
-            and prev.get("input_sha256") == _sha(src)
-            and prev.get("output_sha256") == _sha(out)
+            and prev.get("input_sha256") == sha256_file(src)
+            and prev.get("output_sha256") == sha256_file(out)
         )
     except OSError:
         return False
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class ManifestError(ValueError):

@@ -327,9 +327,9 @@ def import_checkpoint(
     Returns:
       ``(name, stored npz path)``.
     """
-    from ..convert.cache import sha256_file
     from ..convert.torch import ConversionError, load_checkpoint, strip_prefix
     from ..io.atomic import atomic_write, atomic_write_json
+    from ..io.hashing import sha256_file
     from .archs import ARCHS, convert_state_dict
 
     # 'facenet' is both a model and an architecture: with --variant it means the latter.
@@ -390,8 +390,8 @@ def imported_meta(name: str) -> dict | None:
 
 
 def _load_native(spec: FaceModelSpec, path: str | os.PathLike | None) -> FaceRecognizer:
-    from ..convert.cache import sha256_file
     from ..convert.torch import load_checkpoint
+    from ..io.hashing import sha256_file
     from .archs import convert_state_dict
 
     if path is None:
