@@ -53,6 +53,17 @@ def _done_lines(manifest: Path) -> int:
         return 0
 
 
+def _kill_once_done(cmd: list[str], cache: Path, manifest: Path, n: int) -> None:
+    """Start ``cmd`` and SIGKILL it as soon as ``manifest`` lists ``n`` finished photos."""
+    proc = subprocess.Popen(cmd, env=_env(cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 400
+    while _done_lines(manifest) < n and proc.poll() is None:
+        assert time.monotonic() < deadline, "first run made no progress"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def _compiled(stdout: str) -> int:
     line = next(ln for ln in stdout.splitlines() if ln.startswith("compilation:"))
     return int(line.split()[1])
@@ -83,15 +94,7 @@ def killed_and_resumed(photos, tmp_path_factory):
     builtin_pool().embeddings(load("sface"))
     tmp = tmp_path_factory.mktemp("bulk_out")
     out, cache = tmp / "out", tmp / "xla-cache"
-    proc = subprocess.Popen(
-        _cmd(photos, out), env=_env(cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    deadline = time.monotonic() + 400
-    while _done_lines(out / "manifest.jsonl") < 2 and proc.poll() is None:
-        assert time.monotonic() < deadline, "first run made no progress"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _kill_once_done(_cmd(photos, out), cache, out / "manifest.jsonl", 2)
     first = json.loads((out / "manifest.jsonl").read_text().splitlines()[1])["photo"]
     stat_before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.jpg")}
     done_before = {
@@ -258,15 +261,7 @@ def test_group_run_killed_mid_person_resumes_to_the_same_bytes(tmp_path):
     def cmd(dest: Path) -> list[str]:
         return [sys.executable, "-m", "jaxcloak", "protect", str(inp), "-o", str(dest), *args]
 
-    proc = subprocess.Popen(
-        cmd(out), env=_env(cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    deadline = time.monotonic() + 400
-    while _done_lines(out / "manifest.jsonl") < 2 and proc.poll() is None:
-        assert time.monotonic() < deadline, "first run made no progress"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _kill_once_done(cmd(out), cache, out / "manifest.jsonl", 2)
     lines = (out / "manifest.jsonl").read_text().splitlines()[1:]
     done_before = {json.loads(ln)["photo"]["input"] for ln in lines if ln.strip().endswith("}")}
     assert 2 <= len(done_before) < 8, "the first run was not killed mid-job"
