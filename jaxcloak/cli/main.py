@@ -285,11 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _with_protect_options(parser, args: argparse.Namespace, argv: list[str]):
     """``protect`` with --config's [protect] table as defaults (the user's flags win) and
     --set protect.* on top; every value checked by its option's own type and choices."""
-    from ..configs.files import parse_sets, protect_options
-
-    with config_errors():
-        options = protect_options(file_config(args))
-        sets = parse_sets(args.set)["protect"]
+    options, sets = _protect_settings(args)
     if not options and not sets:
         return args
     protect = parser._subparsers._group_actions[0].choices["protect"]
@@ -306,12 +302,18 @@ def _with_protect_options(parser, args: argparse.Namespace, argv: list[str]):
     return again
 
 
-def _warn_unused_protect_options(args: argparse.Namespace) -> None:
-    """A [protect] table or --set protect.* given to another command does nothing: say so."""
+def _protect_settings(args: argparse.Namespace) -> tuple[dict, dict]:
+    """The run's ``[protect]`` table (--config) and its ``--set protect.*`` values."""
     from ..configs.files import parse_sets, protect_options
 
     with config_errors():
-        unused = {**protect_options(file_config(args)), **parse_sets(args.set)["protect"]}
+        return protect_options(file_config(args)), parse_sets(args.set)["protect"]
+
+
+def _warn_unused_protect_options(args: argparse.Namespace) -> None:
+    """A [protect] table or --set protect.* given to another command does nothing: say so."""
+    options, sets = _protect_settings(args)
+    unused = {**options, **sets}
     if unused:
         print(
             f"warning: [protect] options ({', '.join(sorted(unused))}) apply to "
