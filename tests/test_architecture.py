@@ -157,3 +157,25 @@ def test_every_import_inside_the_package_resolves():
                 if not ok:
                     bad.append(f"{where}:{node.lineno}: {target}.{alias.name}")
     assert not bad, "imports of names that do not exist:\n" + "\n".join(bad)
+
+
+#: Optional packages and the only modules that may import them (the rest of jaxcloak works
+#: without them installed).
+OPTIONAL = {"ray": {"pipelines/ray_engine.py"}, "fsspec": {"io/locations.py"}}
+
+
+def test_optional_packages_stay_in_their_module():
+    found: dict[str, set[str]] = {name: set() for name in OPTIONAL}
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in found:
+                    found[top].add(path.relative_to(PACKAGE).as_posix())
+    assert found == OPTIONAL

@@ -297,6 +297,43 @@ def add_scale_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_ray_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "Ray cluster (pip install 'jaxcloak[ray]')",
+        "--engine ray runs the job on Ray Data: tasks fetch, decode and detect; a pool of "
+        "actors, each holding one compiled model, fits and writes. Outputs equal a local run's "
+        "with the same --seed, a rerun resumes, a dead actor is restarted and its batch retried "
+        "(3 times). Inputs and -o may be fsspec URIs (s3://, gs://, file://...; credentials "
+        "from the usual environment). See README, 'Running on a Ray cluster'.",
+    )
+    g.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process (default); ray: a Ray cluster",
+    )
+    g.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="cluster to join: 'auto' (the one `ray start` made here) or ray://HOST:10001; "
+        "default: start a private one on this machine for the job",
+    )
+    g.add_argument(
+        "--actors",
+        type=number_in(int, 1, 4096),
+        default=1,
+        metavar="N",
+        help="actors, each with its own compiled model (default 1; on GPUs: one per GPU)",
+    )
+    g.add_argument(
+        "--gpus-per-actor",
+        type=number_in(float, 0, 64),
+        default=0.0,
+        metavar="G",
+        help="GPUs Ray reserves for each actor (default 0: CPUs; 1: one actor per GPU)",
+    )
+
+
 def add_cache_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--compile-cache",

@@ -28,6 +28,7 @@ from .args import (
     add_map_args,
     add_output_args,
     add_precision_arg,
+    add_ray_args,
     add_rotations_arg,
     add_scale_args,
     faces_policy,
@@ -110,8 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="--demo protects scikit-image's public-domain astronaut photo and writes a "
         "report (report.md, comparison.png) to -o (default jaxcloak-report).",
     )
-    p_prot.add_argument("photos", nargs="*", help="photos and/or folders (searched recursively)")
-    p_prot.add_argument("-o", "--output", metavar="OUTDIR", help="output folder")
+    p_prot.add_argument(
+        "photos",
+        nargs="*",
+        help="photos and/or folders (searched recursively); with --engine ray also URIs",
+    )
+    p_prot.add_argument(
+        "-o", "--output", metavar="OUTDIR", help="output folder (with --engine ray also a URI)"
+    )
     p_prot.add_argument("--demo", action="store_true", help="protect the bundled demo photo")
     p_prot.add_argument(
         "--method",
@@ -157,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cloak_args(p_prot)
     add_config_args(p_prot)
     add_scale_args(p_prot)
+    add_ray_args(p_prot)
     add_cache_args(p_prot)
     add_map_args(p_prot)
     p_prot.set_defaults(func=cmd_protect)

@@ -109,10 +109,20 @@ def read_image(
         ImageReadError: missing, empty, unreadable, not an image, truncated, zero-size, above
             ``max_pixels`` or a decompression bomb. The message names the file.
     """
+    p = Path(path)
+    return decode_image(_read_bytes(p), p, max_pixels=max_pixels)
+
+
+def decode_image(
+    data: bytes, name: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> LoadedImage:
+    """:func:`read_image` on a file's bytes fetched elsewhere (object storage); ``name`` (a
+    path or URI) is what error messages name and ``LoadedImage.path`` holds."""
     if max_pixels is not None and max_pixels <= 0:
         raise ValueError(f"max_pixels must be positive or None, got {max_pixels}")
-    p = Path(path)
-    data = _read_bytes(p)
+    p = name if isinstance(name, str) and "://" in name else Path(name)
+    if not data:
+        raise ImageReadError(f"{p}: file is empty")
     digest = hashlib.sha256(data).hexdigest()
 
     try:
@@ -198,7 +208,7 @@ def _read_bytes(p: Path) -> bytes:
     return data
 
 
-def _normalise(img: Image.Image, p: Path, digest: str) -> LoadedImage:
+def _normalise(img: Image.Image, p: Path | str, digest: str) -> LoadedImage:
     original_mode = img.mode
     fmt = _FORMAT_ALIASES.get(img.format or "", img.format)
     icc = img.info.get("icc_profile") or None
@@ -232,7 +242,7 @@ def _normalise(img: Image.Image, p: Path, digest: str) -> LoadedImage:
     if alpha is not None:
         alpha.setflags(write=False)
     return LoadedImage(
-        path=p.absolute(),
+        path=p.absolute() if isinstance(p, Path) else Path(p),  # a URI: never a local file
         rgb=rgb,
         alpha=alpha,
         format=fmt,

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -127,32 +127,109 @@ def protect(
     if outside:
         raise ValueError(f"{outside[0]} is not inside the job's root folder {root}")
     units = identity_units(files, identity, root)
+    read = photo_reader(faces, no_face, min_face, rotations)
+    ref_photo = read_reference(reference, read) if reference is not None else None
+    outdir.mkdir(parents=True, exist_ok=True)
+    plan = plan_outputs(files, root, outdir, fmt)
+    claim_outputs(outdir, plan.values())
+    run = cloaker.describe()
+    log = ManifestLog(outdir, manifest, run, resume)
+    index = {f: i for i, f in enumerate(files)}
+    try:
+        summary = run_units(
+            [(name, [(index[f], f, plan[f]) for f in fs]) for name, fs in units],
+            outdir,
+            cloaker,
+            sink=log,
+            read=read,
+            ref_photo=ref_photo,
+            per_file=identity == "per-file",
+            views_from=views_from,
+            fmt=fmt,
+            quality=quality,
+            save_masks=save_masks,
+            readers=readers,
+            writers=writers,
+            progress=progress,
+            total=len(files),
+            t_start=t_start,
+        )
+    finally:
+        log.close()
+    write_manifest(outdir / f"{manifest}.json", run, summary, log.previous)
+    return summary
+
+
+def photo_reader(
+    faces: FacePolicy, no_face: NoFacePolicy, min_face: float, rotations: RotationPolicy
+) -> Callable[[Path], Photo]:
+    """How the engine reads a photo: decode it, then find and align its faces."""
 
     def read(path: Path) -> Photo:
         policy = dict(faces=faces, no_face=no_face, min_face=min_face, rotations=rotations)
         return prepare_photo(read_image(path), **policy)
 
-    ref_photo = None
-    if reference is not None:
-        try:
-            ref_photo = read(reference)
-        except (ImageReadError, NoFaceError) as e:
-            raise ValueError(f"reference photo unusable: {e}") from e
-    outdir.mkdir(parents=True, exist_ok=True)
-    plan = plan_outputs(files, root, outdir, fmt)
-    claim_outputs(outdir, plan.values())
+    return read
+
+
+def read_reference(reference: Path, read: Callable[[Path], Photo]) -> Photo:
+    """The ``--reference`` photo; a ValueError says why it cannot serve."""
+    try:
+        return read(reference)
+    except (ImageReadError, NoFaceError) as e:
+        raise ValueError(f"reference photo unusable: {e}") from e
+
+
+class RecordSink(Protocol):
+    """Where finished photos go: the resume check and the record of each photo done."""
+
+    def done(self, src: Path, out: Path) -> PhotoRecord | None:
+        """``src``'s earlier record, as "up-to-date", when it and ``out`` still match it."""
+
+    def add(self, record: PhotoRecord) -> None:
+        """Record one photo the job finished (not called for up-to-date photos)."""
+
+
+#: A unit as the engine runs it: its name and, per photo, (job index, input, output).
+UnitItems = tuple[str, list[tuple[int, Path, Path]]]
+
+
+def run_units(
+    units: Iterable[UnitItems],
+    outdir: Path,
+    cloaker: Cloaker,
+    *,
+    sink: RecordSink,
+    read: Callable[[Path], Photo],
+    ref_photo: Photo | None = None,
+    per_file: bool = False,
+    views_from: str = "reference",
+    fmt: str | None = None,
+    quality: int = 95,
+    save_masks: bool = True,
+    readers: int = 2,
+    writers: int = 2,
+    progress: Progress | None = None,
+    total: int = 0,
+    t_start: float | None = None,
+    label: Callable[[Path], str] = str,
+) -> Summary:
+    """The pipeline on ``units``, whose outputs are already planned and claimed: what
+    :func:`protect` runs, and what each worker of a distributed engine runs on its share.
+
+    Masks go to ``outdir/masks`` (``save_masks``); every photo's record goes to ``sink``, its
+    input named by ``label`` (a worker reading from object storage names the URI).
+    Returns the :class:`.records.Summary` of these units, records in job-index order.
+    """
     if save_masks:
-        (outdir / "masks").mkdir(exist_ok=True)
-    run = cloaker.describe()
-    log = ManifestLog(outdir, manifest, run, resume)
-    index = {f: i for i, f in enumerate(files)}
+        (outdir / "masks").mkdir(parents=True, exist_ok=True)
     job = _Job(
         cloaker,
-        log,
+        sink,
         outdir,
         read=read,
         ref_photo=ref_photo,
-        per_file=identity == "per-file",
+        per_file=per_file,
         views_from=views_from,
         fmt=fmt,
         quality=quality,
@@ -160,16 +237,14 @@ def protect(
         readers=readers,
         writers=writers,
         progress=progress,
-        total=len(files),
-        t_start=t_start,
+        total=total,
+        t_start=time.perf_counter() if t_start is None else t_start,
     )
-    try:
-        job.run(_Unit(name, [_Item(index[f], f, plan[f]) for f in fs]) for name, fs in units)
-    finally:
-        log.close()
-    summary = job.summary()
-    write_manifest(outdir / f"{manifest}.json", run, summary, log.previous)
-    return summary
+    job.run(
+        _Unit(name, [_Item(i, src, out, label(src)) for i, src, out in items])
+        for name, items in units
+    )
+    return job.summary()
 
 
 @dataclass
@@ -179,6 +254,7 @@ class _Item:
     index: int  # position in the job's file list: its place in the manifest
     path: Path
     out: Path
+    label: str  # how the manifest names the input: the path as given, or its URI
     photo: Photo | None = None
     record: PhotoRecord | None = None  # finished without being written: up to date, unreadable
     names: list[str] = field(default_factory=list)  # identity of each face
@@ -237,7 +313,7 @@ class _Job:
     def __init__(
         self,
         cloaker: Cloaker,
-        log: ManifestLog,
+        log: RecordSink,
         outdir: Path,
         *,
         read: Callable[[Path], Photo],
@@ -352,7 +428,7 @@ class _Job:
             item.photo = self.read(item.path)
         except (ImageReadError, NoFaceError) as e:
             status = "no-face" if isinstance(e, NoFaceError) else "failed"
-            item.record = PhotoRecord(str(item.path), status, error=str(e))
+            item.record = PhotoRecord(item.label, status, error=str(e))
         except Exception as e:  # one bad photo must not stop the job
             item.record = _failed(item, e)
         return item
@@ -406,7 +482,7 @@ class _Job:
                     it.names.append(name)
         for person in unit.fits.values():  # per-file masks name their photo, others count views
             extra = {"extra_photos": 0 if person.extras is None else len(person.extras)}
-            person.meta = {"photo": str(todo[0].path)} if self.per_file else extra
+            person.meta = {"photo": todo[0].label} if self.per_file else extra
 
     def _context(self, item: _Item) -> Photo | None:
         """``item``'s photo; one finished in an earlier run is read again (it may be the
@@ -520,7 +596,7 @@ class _Job:
             saved = (unit.saved[n].result() for n in dict.fromkeys(item.names) if n in unit.saved)
             missing = [note for note in saved if note]
             return PhotoRecord(
-                str(item.path),
+                item.label,
                 "protected",
                 photo.image.sha256,
                 str(out),
@@ -548,7 +624,7 @@ class _Job:
 def _failed(item: _Item, error: Exception | str) -> PhotoRecord:
     reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
     sha = item.photo.image.sha256 if item.photo else None
-    return PhotoRecord(str(item.path), "failed", sha, error=f"{item.path}: {reason}")
+    return PhotoRecord(item.label, "failed", sha, error=f"{item.label}: {reason}")
 
 
 def _whole(units: Iterable[_Unit], loaded: Iterator[_Item]) -> Iterator[_Unit]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import posixpath
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -153,3 +154,39 @@ def stray_identity(unit: str, photo: Path, face: int) -> str:
     """Identity of a face that matches none of its unit's reference faces: a person of its
     own, named after the unit, the photo and the face."""
     return f"{unit}-{_slug(photo.stem)}-face{face}"
+
+
+def uri_units(uris: Sequence[str], mode: str, folder: str) -> list[tuple[str, list[str]]]:
+    """:func:`identity_units` for photos named by URI below the URI ``folder``: the same
+    names a local job gives the same tree (a CSV lists URIs in its path column)."""
+    from ..io.locations import relative
+
+    if mode == "per-file":
+        return [(photo_identity(Path(relative(u, folder))), [u]) for u in uris]
+    if mode == "single":
+        return [("person", list(uris))]
+    groups: dict[str, list[str]] = {}
+    if mode == "per-folder":
+        for u in uris:
+            parent = posixpath.basename(posixpath.dirname(u.split("://", 1)[1]))
+            groups.setdefault(_slug(parent or "root"), []).append(u)
+        return sorted(groups.items())
+    table = Path(mode)
+    if table.suffix.lower() != ".csv" or not table.is_file():
+        raise ValueError(
+            "--identity must be single, per-file, per-folder or an existing .csv file, "
+            f"got {mode!r}"
+        )
+    by_uri: dict[str, str] = {}
+    with table.open(newline="") as fh:
+        for n, row in enumerate(csv.reader(fh), 1):
+            if not row or row[0].startswith("#") or (n == 1 and row[:2] == ["path", "identity"]):
+                continue
+            if len(row) < 2 or not row[1].strip():
+                raise ValueError(f"{table}:{n}: expected 'path,identity', got {row!r}")
+            by_uri[row[0].strip()] = row[1].strip()
+    for u in uris:
+        if u not in by_uri:
+            raise ValueError(f"{table}: no identity for {u}")
+        groups.setdefault(_slug(by_uri[u]), []).append(u)
+    return sorted(groups.items())
