@@ -83,3 +83,43 @@ def test_decode_image_names_the_uri():
         decode_image(b"nope", "s3://b/x.jpg")
     with pytest.raises(ImageReadError, match="file is empty"):
         decode_image(b"", "s3://b/x.jpg")
+
+
+def test_collect_uris_reports_missing_and_leaves_out_the_destination(tree):
+    from jaxcloak.pipelines.inputs import collect_uris
+
+    base = f"file://{tree}"
+    found, errors = collect_uris([base, f"{base}/nope"], exclude=f"{base}/bob")
+    assert found == [f"{base}/ann/a.jpg", f"{base}/ann/b.PNG"]
+    assert [u for u, _ in errors] == [f"{base}/nope"] and "no such file" in errors[0][1]
+
+
+def test_remote_claim_refuses_foreign_objects_and_keeps_a_ledger(tmp_path):
+    from jaxcloak.pipelines.outputs import OutputConflict
+    from jaxcloak.pipelines.ray_engine import _claim_remote
+
+    dest, state = tmp_path / "dest", tmp_path / "state"
+    dest.mkdir()
+    state.mkdir()
+    outs = [f"file://{dest}/a.png", f"file://{dest}/b.png"]
+    (dest / "b.png").write_bytes(b"someone else's")
+    with pytest.raises(OutputConflict, match=r"b\.png, not written by jaxcloak"):
+        _claim_remote(f"file://{dest}", outs, state)
+    assert not (dest / ".jaxcloak-outputs").exists()  # nothing written
+    (dest / "b.png").unlink()
+    _claim_remote(f"file://{dest}", outs, state)
+    assert (dest / ".jaxcloak-outputs").read_text().splitlines() == outs
+    (dest / "b.png").write_bytes(b"ours, from a killed run")
+    _claim_remote(f"file://{dest}", outs, state)  # listed in the ledger: ours to replace
+
+
+def test_ray_plan_refuses_an_output_onto_an_input(tmp_path):
+    from jaxcloak.pipelines.outputs import OutputConflict
+    from jaxcloak.pipelines.ray_engine import _plan
+
+    (tmp_path / "x.png").write_bytes(b"x")
+    uris = [f"file://{tmp_path}/x.png"]
+    with pytest.raises(OutputConflict, match="both an input and an output"):
+        _plan(uris, f"file://{tmp_path}", "per-file", None, None)
+    units, n = _plan(uris, f"file://{tmp_path}/out", "per-file", None, None)
+    assert n == 1 and units[0][1][0].out == f"file://{tmp_path}/out/x.png"

@@ -115,6 +115,12 @@ def test_uri_inputs_and_destination_equal_local_folders(photos, cache, tmp_path)
     assert all(r["output"].startswith(f"file://{dest}/") for r in records)
     assert not list(dest.rglob("*.tmp"))  # uploads land whole
 
+    # A rerun against the destination's manifests: nothing to do, nothing compiled.
+    again = _protect(uris, f"file://{dest}", "--identity", "per-folder", *RAY, cache=cache)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "wrote 0 photo(s)" in again.stdout and "5 already up to date" in again.stdout
+    assert _tree(dest) == _tree(local)
+
 
 def _actor_pids() -> list[int]:
     pids = []

@@ -71,7 +71,7 @@ class LoadedImage:
     read-only so the frozen dataclass really is immutable (copy before editing in place).
     """
 
-    path: Path
+    path: Path | str  # a str only for a URI (decode_image)
     rgb: np.ndarray  # (H, W, 3) uint8, EXIF orientation already applied
     alpha: np.ndarray | None  # (H, W) uint8, or None when the source had no transparency
     format: str | None  # Pillow format name of the source: "JPEG", "PNG", "WEBP", ...
@@ -114,12 +114,18 @@ def read_image(
 
 
 def decode_image(
-    data: bytes, name: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    data: bytes,
+    name: str | os.PathLike[str],
+    *,
+    path: str | os.PathLike[str] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> LoadedImage:
-    """:func:`read_image` on a file's bytes fetched elsewhere (object storage); ``name`` (a
-    path or URI) is what error messages name and ``LoadedImage.path`` holds."""
+    """:func:`read_image` on a file's bytes fetched elsewhere (another process, object
+    storage): ``name`` (a path or URI) is what read errors name, ``path`` (default ``name``)
+    what ``LoadedImage.path`` holds (a URI stays a string: it is never a local file)."""
     if max_pixels is not None and max_pixels <= 0:
         raise ValueError(f"max_pixels must be positive or None, got {max_pixels}")
+    where = path if path is not None else name
     p = name if isinstance(name, str) and "://" in name else Path(name)
     if not data:
         raise ImageReadError(f"{p}: file is empty")
@@ -166,7 +172,7 @@ def decode_image(
                 "protected, so it is left as it is"
             )
         try:
-            return _normalise(img, p, digest)
+            return _normalise(img, p if path is None else where, digest)
         except ImageReadError:
             raise
         except Exception as e:
@@ -208,7 +214,7 @@ def _read_bytes(p: Path) -> bytes:
     return data
 
 
-def _normalise(img: Image.Image, p: Path | str, digest: str) -> LoadedImage:
+def _normalise(img: Image.Image, p: str | os.PathLike[str], digest: str) -> LoadedImage:
     original_mode = img.mode
     fmt = _FORMAT_ALIASES.get(img.format or "", img.format)
     icc = img.info.get("icc_profile") or None
@@ -242,7 +248,7 @@ def _normalise(img: Image.Image, p: Path | str, digest: str) -> LoadedImage:
     if alpha is not None:
         alpha.setflags(write=False)
     return LoadedImage(
-        path=p.absolute() if isinstance(p, Path) else Path(p),  # a URI: never a local file
+        path=p if isinstance(p, str) and "://" in p else Path(p).absolute(),
         rgb=rgb,
         alpha=alpha,
         format=fmt,

@@ -213,12 +213,15 @@ def run_units(
     total: int = 0,
     t_start: float | None = None,
     label: Callable[[Path], str] = str,
+    full_buckets: bool = False,
 ) -> Summary:
     """The pipeline on ``units``, whose outputs are already planned and claimed: what
     :func:`protect` runs, and what each worker of a distributed engine runs on its share.
 
     Masks go to ``outdir/masks`` (``save_masks``); every photo's record goes to ``sink``, its
     input named by ``label`` (a worker reading from object storage names the URI).
+    ``full_buckets``: pad every device step to the full bucket, even a run's only one (a
+    worker that runs many small jobs then compiles one program, not one per size).
     Returns the :class:`.records.Summary` of these units, records in job-index order.
     """
     if save_masks:
@@ -240,6 +243,7 @@ def run_units(
         total=total,
         t_start=time.perf_counter() if t_start is None else t_start,
     )
+    job.full_buckets = full_buckets
     job.run(
         _Unit(name, [_Item(i, src, out, label(src)) for i, src, out in items])
         for name, items in units
@@ -345,6 +349,7 @@ class _Job:
         self.batches: queue.Queue[_Batch | None] = queue.Queue(maxsize=2)
         self.write_pool = ThreadPoolExecutor(writers, thread_name_prefix="jaxcloak-write")
         self.write_slots = threading.BoundedSemaphore(2 * self.bucket + writers)
+        self.full_buckets = False
 
     # -- main thread ---------------------------------------------------------------------------
 
@@ -378,7 +383,7 @@ class _Job:
             if pending and not self.fatal:
                 # The full bucket, even for the last faces (one program for the whole run),
                 # unless they are the run's only step: then the smallest bucket that holds them.
-                self._dispatch(pending, self.bucket if self.steps else None)
+                self._dispatch(pending, self.bucket if self.steps or self.full_buckets else None)
         finally:
             self.batches.put(None)
             fin.join()

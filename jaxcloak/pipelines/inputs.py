@@ -190,3 +190,36 @@ def uri_units(uris: Sequence[str], mode: str, folder: str) -> list[tuple[str, li
             raise ValueError(f"{table}: no identity for {u}")
         groups.setdefault(_slug(by_uri[u]), []).append(u)
     return sorted(groups.items())
+
+
+def collect_uris(
+    uris: Iterable[str], *, exclude: str | None = None
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """:func:`collect_inputs` for URIs: photo URIs and URI folders (listed recursively, image
+    suffixes only, hidden entries left out) into a unique list in the order given.
+
+    ``exclude``: a URI folder whose objects are never inputs (the job's destination, when it
+    lies below an input folder). Returns ``(uris, errors)``.
+    """
+    from ..io.images import IMAGE_SUFFIXES
+    from ..io.locations import list_photos
+
+    found: list[str] = []
+    errors: list[tuple[str, str]] = []
+    skip = exclude.rstrip("/") + "/" if exclude else None
+    for uri in uris:
+        try:
+            listed = list_photos(uri, IMAGE_SUFFIXES)
+        except FileNotFoundError as e:
+            errors.append((uri, str(e)))
+            continue
+        except Exception as e:  # a backend's own error (credentials, network): named, not fatal
+            errors.append((uri, f"{uri}: cannot be listed ({type(e).__name__}: {e})"))
+            continue
+        listed = [u for u in listed if not (skip and u.startswith(skip))]
+        if not listed:
+            errors.append(
+                (uri, f"{uri}: folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            )
+        found.extend(listed)
+    return list(dict.fromkeys(found)), errors

@@ -26,23 +26,25 @@ import hashlib
 import logging
 import os
 import pickle
+import re
 import shutil
+import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..io.hashing import sha256_file
-from ..io.images import IMAGE_SUFFIXES, ImageReadError, decode_image
+from ..io.images import ImageReadError, decode_image
 from ..io.locations import (
     common_folder,
     files_below,
     get_file,
     is_uri,
-    list_photos,
+    protocol,
     put_file,
     read_bytes,
     relative,
@@ -54,7 +56,7 @@ from ..methods.facecloak.cloaker import Cloaker
 from ..paths import home
 from .engine import Progress, photo_reader, read_reference, run_units
 from .inputs import common_root, identity_units, uri_units
-from .outputs import OutputConflict, claim_outputs, output_name, plan_outputs
+from .outputs import LEDGER, OutputConflict, claim_outputs, output_name, plan_outputs
 from .records import MANIFEST, ManifestLog, PhotoRecord, Summary, write_manifest
 
 
@@ -114,8 +116,9 @@ def protect_ray(
     options: RayOptions = RayOptions(),
     progress: Progress | None = None,
 ) -> Summary:
-    """Protect ``inputs`` (local files, or photo URIs and URI folders) into ``dest`` (a folder
-    or a URI folder) on a Ray cluster; arguments as :func:`.engine.protect`.
+    """Protect ``inputs`` (local photo files, or photo URIs: :func:`.inputs.collect_uris`
+    lists folders) into ``dest`` (a folder or a URI folder) on a Ray cluster; arguments as
+    :func:`.engine.protect`.
 
     ``cloaker`` gives the run's settings (it compiles nothing here); ``make_cloaker`` builds
     the same Cloaker in each actor (it must pickle, e.g. a ``functools.partial``). Returns the
@@ -136,13 +139,12 @@ def protect_ray(
     if remote:
         state = _state_folder(str(dest))
         _fetch_logs(str(dest), state, manifest)
+        _claim_remote(str(dest), [s.out for _, srcs in units for s in srcs], state)
     else:
         state = Path(dest)
         state.mkdir(parents=True, exist_ok=True)
         claim_outputs(state, [Path(s.out_label) for _, srcs in units for s in srcs])
     log = ManifestLog(state, manifest, run, resume)
-    if remote:
-        _refuse_foreign(str(dest), units, log.previous, manifest)
     settings = dict(
         policy=dict(faces=faces, no_face=no_face, min_face=min_face, rotations=rotations),
         engine=dict(
@@ -164,9 +166,10 @@ def protect_ray(
         ("ray_start", "first_batch", "compile", "fit", "device_busy", "apply"), 0.0
     )
     fitted = 0
+    started = False
     try:
-        started = False
         ray, started = _connect(options.address)
+        _check_gpus(ray, options, started)
         seconds["ray_start"] = time.perf_counter() - t_start
         rows = [
             {"unit": pickle.dumps((name, srcs, _earlier(srcs, log.previous)))}
@@ -181,7 +184,7 @@ def protect_ray(
             ds = _protect_stage(
                 ds, ray, settings, make_cloaker, ref_photo, options, units_per_batch, actor_cpus
             )
-        for row in ds.iter_rows():
+        for row in _rows(ds):
             got = pickle.loads(row["result"])
             if not seconds["first_batch"]:
                 seconds["first_batch"] = time.perf_counter() - t_start
@@ -201,6 +204,8 @@ def protect_ray(
         log.close()
         if started:
             ray.shutdown()
+        if remote:  # what finished is at the destination even when the job stopped
+            _upload(state / f"{manifest}.jsonl", join_uri(str(dest), f"{manifest}.jsonl"))
     seconds["total"] = time.perf_counter() - t_start
     seconds["device_busy_share"] = seconds["device_busy"] / (seconds["total"] * options.actors)
     missing = n_photos - len(records)
@@ -209,8 +214,7 @@ def protect_ray(
     summary = Summary([records[i] for i in sorted(records)], masks, seconds, fitted)
     write_manifest(state / f"{manifest}.json", run, summary, log.previous)
     if remote:
-        for name in (f"{manifest}.jsonl", f"{manifest}.json"):
-            put_file(state / name, join_uri(str(dest), name))
+        _upload(state / f"{manifest}.json", join_uri(str(dest), f"{manifest}.json"))
     return summary
 
 
@@ -227,12 +231,7 @@ def _plan(
         raise ValueError("give either local paths or URIs as inputs, not both")
     remote = is_uri(str(dest))
     if uris:
-        found: list[str] = []
-        for u in uris:
-            found.extend(list_photos(u, IMAGE_SUFFIXES))
-        found = list(dict.fromkeys(found))
-        if not found:
-            raise ValueError(f"no photos under {', '.join(uris)}")
+        found = list(dict.fromkeys(uris))
         folder = common_folder(found)
         units = uri_units(found, identity, folder)
         rels = {u: relative(u, folder) for u in found}
@@ -263,6 +262,10 @@ def _plan(
         labels = {
             f: join_uri(base, outs[f]) if remote else str(Path(base) / outs[f]) for f in order
         }
+        inputs_at = {_place(keys[f]) for f in order}
+        onto = [labels[f] for f in order if _place(labels[f]) in inputs_at]
+        if onto:
+            raise OutputConflict(f"{onto[0]} is both an input and an output; choose another -o")
     units_out = []
     for name, members in units:
         srcs = []
@@ -292,6 +295,13 @@ def _protect_stage(ds, ray, settings, make_cloaker, ref_photo, options, units_pe
     )
 
 
+def _place(name: str) -> str:
+    """One spelling per location: ``file://`` URIs and local paths as resolved paths."""
+    if is_uri(name) and protocol(name) != "file":
+        return name
+    return str(Path(name.removeprefix("file://")).resolve())
+
+
 def _earlier(srcs: list[_Source], previous: dict[str, dict]) -> dict[str, dict]:
     """The earlier records of a unit's photos (what a worker's resume check compares)."""
     return {s.label: previous[s.label] for s in srcs if s.label in previous}
@@ -315,19 +325,78 @@ def _fetch_logs(dest: str, state: Path, manifest: str) -> None:
                 get_file(join_uri(dest, name), state / name)
 
 
-def _refuse_foreign(
-    dest: str, units: list[tuple[str, list[_Source]]], previous: dict[str, dict], manifest: str
-) -> None:
-    """Refuse to replace objects in the destination that no manifest of it lists."""
+def _claim_remote(dest: str, outputs: list[str], state: Path) -> None:
+    """The object-store form of :func:`.outputs.claim_outputs`: refuse to replace objects
+    that neither the destination's ledger of planned outputs nor any of its manifests lists,
+    then add this job's outputs to the ledger (before any is written, so a job killed at any
+    point can replace its own outputs when run again, with any settings)."""
+    ledger_uri = join_uri(dest, LEDGER)
+    known: set[str] = set()
+    try:
+        known.update(ln for ln in read_bytes(ledger_uri).decode().splitlines() if ln)
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError) as e:
+        raise OutputConflict(f"{ledger_uri}: cannot read the output ledger ({e})") from None
+    for m in state.glob("manifest*.json*"):  # what _fetch_logs brought, any settings
+        for line in m.read_text(encoding="utf-8", errors="replace").splitlines():
+            known.update(re.findall(r'"output": "([^"]+)"', line))
     present = files_below(dest)
-    known = {rec.get("output") for rec in previous.values()}
-    foreign = [s.out for _, srcs in units for s in srcs if s.out in present and s.out not in known]
+    foreign = [o for o in outputs if o in present and o not in known]
     if foreign:
         more = f" (and {len(foreign) - 5} more)" if len(foreign) > 5 else ""
         raise OutputConflict(
-            f"{dest} already holds {', '.join(foreign[:5])}{more}, not written by this job's "
-            "manifest; move them away or choose another -o (nothing was written)"
+            f"{dest} already holds {', '.join(foreign[:5])}{more}, not written by jaxcloak; "
+            "move them away or choose another -o (nothing was written)"
         )
+    new = [o for o in dict.fromkeys(outputs) if o not in known]
+    if new:
+        (state / LEDGER).write_text("".join(o + "\n" for o in sorted(known | set(new))))
+        put_file(state / LEDGER, ledger_uri)
+
+
+def _upload(local: Path, uri: str) -> None:
+    """A manifest to the destination; a failure is reported, the local copy stays."""
+    try:
+        if local.exists():
+            put_file(local, uri)
+    except Exception as e:  # the job's result must not be lost to a failed upload
+        print(f"warning: {uri} not uploaded ({e}); the driver's copy is {local}", file=sys.stderr)
+
+
+def _rows(ds) -> Iterator[dict[str, Any]]:
+    """The dataset's rows; a job Ray gives up on (retries spent, an actor that cannot start)
+    becomes one RuntimeError saying so, the finished photos being in the log."""
+    try:
+        yield from ds.iter_rows()
+    except Exception as e:
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise RuntimeError(
+            f"the Ray job stopped ({type(e).__name__}: {reason[:500]}); the photos finished "
+            "so far are in the manifest log and a rerun resumes from them"
+        ) from e
+
+
+def _check_gpus(ray, options: RayOptions, started: bool) -> None:
+    """Fail fast when the actors ask for more GPUs than a cluster started here has (they
+    would wait forever); a cluster joined may be autoscaling, so it only gets a warning."""
+    need = options.actors * options.gpus_per_actor
+    have = ray.cluster_resources().get("GPU", 0)
+    if need <= have:
+        return
+    msg = (
+        f"{options.actors} actor(s) x {options.gpus_per_actor:g} GPU need {need:g} GPU(s), "
+        f"the cluster has {have:g}"
+    )
+    if started:
+        raise ValueError(msg + "; lower --actors or --gpus-per-actor")
+    print(f"warning: {msg}; the job waits until the cluster has them", file=sys.stderr)
+
+
+def _forwarded_env() -> dict[str, str]:
+    """The driver's jaxcloak, JAX, XLA and Hugging Face settings, for the workers."""
+    prefixes = ("JAXCLOAK_", "JAX_", "XLA_", "HF_")
+    return {k: v for k, v in os.environ.items() if k.startswith(prefixes)}
 
 
 def _cpu_shares(cpus: float, options: RayOptions) -> tuple[float, float]:
@@ -359,6 +428,8 @@ def _connect(address: str | None):
                 include_dashboard=False,
                 log_to_driver=False,
                 logging_level=logging.ERROR,
+                # a cluster started elsewhere does not see this shell's settings otherwise
+                runtime_env={"env_vars": _forwarded_env()},
             )
         started = True
     ctx = DataContext.get_current()
@@ -379,8 +450,12 @@ def _read_unit(row: dict[str, Any], *, policy: dict[str, Any]) -> dict[str, Any]
     for s in srcs:
         try:
             blob = read_bytes(s.key) if is_uri(s.key) else Path(s.key).read_bytes()
-        except OSError as e:
-            data[s.key] = ImageReadError(f"{s.label}: cannot read file ({e.strerror or e})")
+        except FileNotFoundError:
+            data[s.key] = ImageReadError(f"{s.label}: file not found")
+            continue
+        except Exception as e:  # any backend's error fails this photo, not the job
+            why = getattr(e, "strerror", None) or f"{type(e).__name__}: {e}"
+            data[s.key] = ImageReadError(f"{s.label}: cannot read file ({why})")
             continue
         data[s.key] = blob
         prev = earlier.get(s.label)
@@ -395,7 +470,8 @@ def _read_unit(row: dict[str, Any], *, policy: dict[str, Any]) -> dict[str, Any]
             try:
                 if isinstance(blob, Exception):
                     raise blob
-                photos[s.key] = prepare_photo(decode_image(blob, s.label), **policy)
+                image = decode_image(blob, s.label, path=s.key)
+                photos[s.key] = prepare_photo(image, **policy)
             except Exception as e:  # the engine reports it as it would a local read's
                 photos[s.key] = e
     return {"unit": pickle.dumps((name, srcs, done, photos))}
@@ -410,7 +486,7 @@ def _still_matches(prev: dict, s: _Source, input_sha: str) -> bool:
             got = hashlib.sha256(read_bytes(s.out)).hexdigest()
         else:
             got = sha256_file(Path(s.out))
-    except OSError:
+    except Exception:  # unreadable or gone: redo the photo
         return False
     return got == prev.get("output_sha256")
 
@@ -472,6 +548,7 @@ class _Protector:
             read=read,
             ref_photo=self.ref_photo,
             label=lambda path: source[path].label,
+            full_buckets=True,  # one program per actor, whatever size each batch has
             **self.settings["engine"],
         )
         order = sorted(by_index)
@@ -496,8 +573,8 @@ class _Protector:
         local = self._local_out(s)
         try:
             put_file(local, s.out)
-        except OSError as e:
-            why = f"{s.label}: output not uploaded to {s.out} ({e.strerror or e})"
+        except Exception as e:  # the photo is not protected where it was asked for
+            why = f"{s.label}: output not uploaded to {s.out} ({type(e).__name__}: {e})"
             return PhotoRecord(s.label, "failed", rec.input_sha256, error=why)
         finally:
             local.unlink(missing_ok=True)
@@ -513,7 +590,7 @@ class _Protector:
             try:
                 put_file(Path(path), uri)
                 sent[name] = uri
-            except OSError:
+            except Exception:
                 pass  # its photos are protected; the manifest lists only masks that exist
             Path(path).unlink(missing_ok=True)
         return sent

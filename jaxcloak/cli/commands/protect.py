@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 from pathlib import Path
@@ -188,7 +189,7 @@ def _protect_on_ray(args: argparse.Namespace, inputs: list[str]) -> int:
     import functools
 
     from ...io.locations import is_uri
-    from ...pipelines.inputs import collect_inputs
+    from ...pipelines.inputs import collect_inputs, collect_uris
     from ...pipelines.outputs import OutputConflict, check_output_folder
     from ...pipelines.records import ManifestError
 
@@ -203,7 +204,13 @@ def _protect_on_ray(args: argparse.Namespace, inputs: list[str]) -> int:
     if uris:
         if len(uris) != len(inputs):
             raise SystemExit("error: give either local paths or URIs as inputs, not both")
-        sources: list = uris
+        if any(u.rstrip("/") == args.output.rstrip("/") for u in uris):
+            raise SystemExit(f"error: -o {args.output} is an input folder; choose another")
+        sources, errors = collect_uris(uris, exclude=args.output if remote_out else None)
+        for _, msg in errors:
+            print(f"error: {msg}", file=sys.stderr)
+        if not sources:
+            return 1
     else:
         if not remote_out:
             try:
@@ -225,8 +232,14 @@ def _protect_on_ray(args: argparse.Namespace, inputs: list[str]) -> int:
         raise SystemExit("error: --engine ray needs Ray Data: pip install 'jaxcloak[ray]'")
     from ...pipelines.ray_engine import RayOptions, protect_ray
 
-    shipped = copy.copy(args)  # what each actor builds its Cloaker from
+    shipped = copy.copy(args)  # what each actor builds its Cloaker from, in its own folder
     shipped._precision, shipped._compiles = None, None
+    for name in ("pool", "far_anchor", "arc2face", "sd", "_cache_dir"):
+        if getattr(shipped, name, None):
+            setattr(shipped, name, Path(getattr(shipped, name)).resolve())
+    # The driver builds a Cloaker only for the run's settings: on a GPU head node it must not
+    # take the memory its actors need (JAX would reserve most of every GPU up front).
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     options = RayOptions(
         address=args.ray_address, actors=args.actors, gpus_per_actor=args.gpus_per_actor
     )
@@ -257,7 +270,7 @@ def _protect_on_ray(args: argparse.Namespace, inputs: list[str]) -> int:
         )
     except ManifestError as e:
         raise SystemExit(f"error: {e}: move the earlier log away or pass --no-resume") from None
-    except (ValueError, FileNotFoundError) as e:  # OutputConflict too
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # OutputConflict too
         raise SystemExit(f"error: {e}") from None
     finally:
         bar.close()
