@@ -19,6 +19,7 @@ RANKS = {
     "__main__": 120,
     "cli": 110,
     "configs": 100,  # the presets the CLI reads; library code takes config objects
+    "serve": 95,  # the web app: jobs on the bulk engine, verdicts from the evaluators
     "pipelines": 90,
     "evaluate": 80,
     "methods": 71,  # the namespace package only
@@ -161,7 +162,12 @@ def test_every_import_inside_the_package_resolves():
 
 #: Optional packages and the only modules that may import them (the rest of jaxcloak works
 #: without them installed).
-OPTIONAL = {"ray": {"pipelines/ray_engine.py"}, "fsspec": {"io/locations.py"}}
+OPTIONAL = {
+    "ray": {"pipelines/ray_engine.py"},
+    "fsspec": {"io/locations.py"},
+    "fastapi": {"serve/app.py"},
+    "uvicorn": {"cli/commands/serve.py"},
+}
 
 
 def test_optional_packages_stay_in_their_module():

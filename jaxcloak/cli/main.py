@@ -41,6 +41,7 @@ from .commands.map import cmd_map_fit
 from .commands.mask import cmd_mask_apply, cmd_mask_fit
 from .commands.models import cmd_models_check, cmd_models_import, cmd_models_list
 from .commands.protect import cmd_protect
+from .commands.serve import cmd_serve
 from .output import EXIT_STILL_RECOGNISED
 from .wiring import (
     MAX_GROUP_PHOTOS,
@@ -168,6 +169,47 @@ def build_parser() -> argparse.ArgumentParser:
     add_cache_args(p_prot)
     add_map_args(p_prot)
     p_prot.set_defaults(func=cmd_protect)
+
+    p_serve = sub.add_parser(
+        "serve",
+        help="a local web app and HTTP API: protect photos from a browser",
+        description="Start a web server with one warm, compiled model: a page to protect photos "
+        "by drag and drop (before/after, verdicts, downloads) and an HTTP API (POST "
+        "/api/protect, GET /api/jobs/ID, POST /api/masks; OpenAPI docs at /docs). Binds to "
+        "127.0.0.1; another address needs --token. Needs pip install 'jaxcloak[serve]'.",
+    )
+    p_serve.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    p_serve.add_argument("--port", type=number_in(int, 1, 65535), default=8000)
+    p_serve.add_argument(
+        "--token",
+        help="require 'Authorization: Bearer TOKEN' (needed off localhost; or set "
+        "JAXCLOAK_SERVE_TOKEN, which other users cannot see in the process list)",
+    )
+    p_serve.add_argument(
+        "--workers-queue",
+        type=number_in(int, 1, 1000),
+        default=4,
+        metavar="N",
+        help="jobs waiting or running at once; more get HTTP 429 (default 4)",
+    )
+    p_serve.add_argument("--jobs-dir", metavar="DIR", help="job files (default: a temp folder)")
+    p_serve.add_argument(
+        "--ttl-minutes",
+        type=number_in(float, 1),
+        default=60,
+        help="finished jobs and their photos are deleted after this (default 60)",
+    )
+    p_serve.add_argument("--max-files", type=number_in(int, 1, 10000), default=20)
+    p_serve.add_argument("--max-mb", type=number_in(int, 1, 4096), default=25, help="per photo")
+    p_serve.add_argument("--max-total-mb", type=number_in(int, 1, 65536), default=100)
+    p_serve.add_argument("--max-megapixels", type=number_in(float, 0.01, 500), default=40)
+    p_serve.add_argument(
+        "--cold", action="store_true", help="compile on the first request, not at start"
+    )
+    add_cloak_args(p_serve)
+    add_config_args(p_serve)
+    add_cache_args(p_serve)
+    p_serve.set_defaults(func=cmd_serve)
 
     p_map = sub.add_parser("map", help="MAP: fine-tune a score network toward a target identity")
     msub2 = p_map.add_subparsers(dest="map_command", metavar="ACTION")
