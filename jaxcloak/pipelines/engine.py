@@ -566,6 +566,7 @@ class _Job:
         path = self.outdir / "masks" / f"{name}.mask"
         meta = {**res.meta, "identity": name, **person.meta}
         try:
+            remove_stale_temps(path)  # a killed run's half-written mask
             save_mask(path, res.delta, meta, traces=res.trace, overwrite=True)
         except OSError as e:  # the photos can still be protected; the note says what is missing
             return f"mask file {path} not written ({e.strerror or e})"
