@@ -84,21 +84,11 @@ def group_identities(files: Sequence[Path], mode: str) -> dict[str, list[Path]]:
         for f in files:
             groups.setdefault(_slug(str(f.parent.resolve().name) or "root"), []).append(f)
         return groups
-    table = Path(mode)
-    if table.suffix.lower() != ".csv" or not table.is_file():
-        raise ValueError(
-            "--identity must be single, per-file, per-folder or an existing .csv file, "
-            f"got {mode!r}"
-        )
+    table = _identity_table(mode)
     by_path: dict[Path, str] = {}
-    with table.open(newline="") as fh:
-        for n, row in enumerate(csv.reader(fh), 1):
-            if not row or row[0].startswith("#") or (n == 1 and row[:2] == ["path", "identity"]):
-                continue
-            if len(row) < 2 or not row[1].strip():
-                raise ValueError(f"{table}:{n}: expected 'path,identity', got {row!r}")
-            p = Path(row[0])
-            by_path[(p if p.is_absolute() else table.parent / p).resolve()] = row[1].strip()
+    for name, ident in _identity_rows(table):
+        p = Path(name)
+        by_path[(p if p.is_absolute() else table.parent / p).resolve()] = ident
     groups = {}
     for f in files:
         ident = by_path.get(f.resolve())
@@ -106,6 +96,31 @@ def group_identities(files: Sequence[Path], mode: str) -> dict[str, list[Path]]:
             raise ValueError(f"{table}: no identity for {f}")
         groups.setdefault(_slug(ident), []).append(f)
     return groups
+
+
+def _identity_table(mode: str) -> Path:
+    """The CSV an ``--identity`` that is none of the named rules must be."""
+    table = Path(mode)
+    if table.suffix.lower() != ".csv" or not table.is_file():
+        raise ValueError(
+            "--identity must be single, per-file, per-folder or an existing .csv file, "
+            f"got {mode!r}"
+        )
+    return table
+
+
+def _identity_rows(table: Path) -> list[tuple[str, str]]:
+    """``(path, identity)`` rows of an identity CSV: comments, blank lines and a
+    ``path,identity`` header skipped; a row without an identity is an error naming its line."""
+    rows = []
+    with table.open(newline="") as fh:
+        for n, row in enumerate(csv.reader(fh), 1):
+            if not row or row[0].startswith("#") or (n == 1 and row[:2] == ["path", "identity"]):
+                continue
+            if len(row) < 2 or not row[1].strip():
+                raise ValueError(f"{table}:{n}: expected 'path,identity', got {row!r}")
+            rows.append((row[0], row[1].strip()))
+    return rows
 
 
 def _slug(name: str) -> str:
@@ -171,20 +186,8 @@ def uri_units(uris: Sequence[str], mode: str, folder: str) -> list[tuple[str, li
             parent = posixpath.basename(posixpath.dirname(u.split("://", 1)[1]))
             groups.setdefault(_slug(parent or "root"), []).append(u)
         return sorted(groups.items())
-    table = Path(mode)
-    if table.suffix.lower() != ".csv" or not table.is_file():
-        raise ValueError(
-            "--identity must be single, per-file, per-folder or an existing .csv file, "
-            f"got {mode!r}"
-        )
-    by_uri: dict[str, str] = {}
-    with table.open(newline="") as fh:
-        for n, row in enumerate(csv.reader(fh), 1):
-            if not row or row[0].startswith("#") or (n == 1 and row[:2] == ["path", "identity"]):
-                continue
-            if len(row) < 2 or not row[1].strip():
-                raise ValueError(f"{table}:{n}: expected 'path,identity', got {row!r}")
-            by_uri[row[0].strip()] = row[1].strip()
+    table = _identity_table(mode)
+    by_uri = {name.strip(): ident for name, ident in _identity_rows(table)}
     for u in uris:
         if u not in by_uri:
             raise ValueError(f"{table}: no identity for {u}")

@@ -29,7 +29,7 @@ from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from PIL import Image
 
-from ..io.images import IMAGE_SUFFIXES, ImageReadError, write_image
+from ..io.images import IMAGE_SUFFIXES, ImageReadError, decode_image, write_image
 from ..methods.facecloak.cloaker import apply_mask
 from ..methods.facecloak.masks import MaskFileError, load_mask, save_mask
 from .jobs import JobStore, Limits, QueueFull
@@ -216,7 +216,7 @@ def create_app(warm: Warm, root: Path, limits: Limits, token: str | None = None)
         with slot():
             ((name, _, data),) = read_uploads([file])
             try:
-                photo = prepare_photo(_decode(data, name), faces="largest")
+                photo = prepare_photo(decode_image(data, name), faces="largest")
             except (ImageReadError, NoFaceError) as e:
                 raise HTTPException(422, f"{name}: {_reason(e)}") from None
             with warm.lock:
@@ -256,7 +256,7 @@ def create_app(warm: Warm, root: Path, limits: Limits, token: str | None = None)
             with zipfile.ZipFile(buf, "w") as zf:
                 for k, (name, suffix, data) in enumerate(read_uploads(files)):
                     try:
-                        photo = prepare_photo(_decode(data, name), size=personal.size)
+                        photo = prepare_photo(decode_image(data, name), size=personal.size)
                         rgb = apply_mask(photo, [personal.delta] * len(photo.faces))
                     except (ImageReadError, NoFaceError, ValueError) as e:
                         zf.writestr(f"{k:03d}-{_safe(name)}.error.txt", f"{name}: {_reason(e)}")
@@ -291,12 +291,6 @@ def _checked_suffix(name: str, data: bytes, limits: Limits) -> str:
     if suffix not in IMAGE_SUFFIXES:
         raise HTTPException(415, f"{name}: {fmt} images are not protected")
     return suffix
-
-
-def _decode(data: bytes, name: str):
-    from ..io.images import decode_image
-
-    return decode_image(data, name)
 
 
 def _reason(e: Exception) -> str:

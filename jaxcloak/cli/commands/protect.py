@@ -128,21 +128,9 @@ def _run(
             files,
             outdir,
             cloaker,
-            identity=args.identity,
             root=root,
-            reference=Path(args.reference) if args.reference else None,
-            views_from=args.views_from,
-            faces=args.faces,
-            no_face=args.no_face,
-            min_face=args.min_face,
-            rotations=args.rotations,
-            fmt=args.format,
-            quality=args.quality,
-            resume=not args.no_resume,
-            save_masks=_save_masks(args),
-            readers=args.readers,
-            writers=args.writers,
             manifest=manifest,
+            **_engine_options(args),
             progress=progress,
         )
     except ManifestError as e:
@@ -154,9 +142,24 @@ def _run(
         bar.close()
 
 
-def _save_masks(args: argparse.Namespace) -> bool:
-    # --no-masks is per-file's (so its help says): a group's few masks are always written.
-    return not (args.no_masks and args.identity == "per-file")
+def _engine_options(args: argparse.Namespace) -> dict:
+    """What the local and the Ray engine both take from the flags."""
+    return dict(
+        identity=args.identity,
+        reference=Path(args.reference) if args.reference else None,
+        views_from=args.views_from,
+        faces=args.faces,
+        no_face=args.no_face,
+        min_face=args.min_face,
+        rotations=args.rotations,
+        fmt=args.format,
+        quality=args.quality,
+        resume=not args.no_resume,
+        # --no-masks is per-file's (so its help says): a group's few masks are always written.
+        save_masks=not (args.no_masks and args.identity == "per-file"),
+        readers=args.readers,
+        writers=args.writers,
+    )
 
 
 def _progress_bar(total: int | None = None):
@@ -252,20 +255,8 @@ def _protect_on_ray(args: argparse.Namespace, inputs: list[str]) -> int:
             args.output,
             cloaker,
             functools.partial(_actor_cloaker, shipped),
-            identity=args.identity,
-            reference=Path(args.reference) if args.reference else None,
-            views_from=args.views_from,
-            faces=args.faces,
-            no_face=args.no_face,
-            min_face=args.min_face,
-            rotations=args.rotations,
-            fmt=args.format,
-            quality=args.quality,
-            resume=not args.no_resume,
-            save_masks=_save_masks(args),
-            readers=args.readers,
-            writers=args.writers,
             options=options,
+            **_engine_options(args),
             progress=progress,
         )
     except ManifestError as e:
